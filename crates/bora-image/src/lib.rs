@@ -1,0 +1,1 @@
+//! bora-image (being written).

@@ -1,0 +1,1 @@
+//! bora-manifest (being written).

@@ -1,0 +1,1 @@
+//! bora-node (being written).

@@ -1,0 +1,1 @@
+//! bora-router (being written).

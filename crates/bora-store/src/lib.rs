@@ -1,0 +1,1 @@
+//! bora-store (being written).
