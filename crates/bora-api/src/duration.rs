@@ -81,7 +81,9 @@ impl utoipa::PartialSchema for Duration {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         utoipa::openapi::ObjectBuilder::new()
             .schema_type(utoipa::openapi::schema::Type::String)
-            .description(Some("A duration: a number and a unit (ms, s, m, h), e.g. `30s`, `5m`."))
+            .description(Some(
+                "A duration: a number and a unit (ms, s, m, h), e.g. `30s`, `5m`.",
+            ))
             .examples(["30s"])
             .into()
     }
@@ -95,10 +97,16 @@ mod tests {
 
     #[test]
     fn parses_units() {
-        assert_eq!("500ms".parse::<Duration>().unwrap(), Duration::from_millis(500));
+        assert_eq!(
+            "500ms".parse::<Duration>().unwrap(),
+            Duration::from_millis(500)
+        );
         assert_eq!("30s".parse::<Duration>().unwrap(), Duration::from_secs(30));
         assert_eq!("5m".parse::<Duration>().unwrap(), Duration::from_secs(300));
-        assert_eq!("1h 30m".parse::<Duration>().unwrap(), Duration::from_secs(5400));
+        assert_eq!(
+            "1h 30m".parse::<Duration>().unwrap(),
+            Duration::from_secs(5400)
+        );
         assert_eq!("0".parse::<Duration>().unwrap(), Duration::from_secs(0));
     }
 
@@ -106,7 +114,10 @@ mod tests {
     fn rejects_missing_unit_and_garbage() {
         for bad in ["", "5", "abc", "5 parsecs", "-3s"] {
             let err = bad.parse::<Duration>().unwrap_err();
-            assert!(err.to_string().contains("expected a number and a unit"), "{bad}: {err}");
+            assert!(
+                err.to_string().contains("expected a number and a unit"),
+                "{bad}: {err}"
+            );
         }
     }
 

@@ -65,9 +65,15 @@ mod tests {
     #[test]
     fn rejects_others() {
         assert_eq!(validate_name(""), Err(NameError::Empty));
-        assert!(matches!(validate_name(&"a".repeat(64)), Err(NameError::TooLong(_))));
+        assert!(matches!(
+            validate_name(&"a".repeat(64)),
+            Err(NameError::TooLong(_))
+        ));
         for bad in ["Web", "1web", "-web", "web-", "we_b", "we.b", "wéb"] {
-            assert!(matches!(validate_name(bad), Err(NameError::BadCharacters(_))), "{bad}");
+            assert!(
+                matches!(validate_name(bad), Err(NameError::BadCharacters(_))),
+                "{bad}"
+            );
         }
     }
 

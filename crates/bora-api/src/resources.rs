@@ -10,8 +10,6 @@ use utoipa::ToSchema;
 
 use crate::spec::{ServiceSpec, ServiceType};
 
-
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct App {
     pub id: String,

@@ -110,7 +110,10 @@ impl<'de> Deserialize<'de> for EnvValue {
             fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<EnvValue, E> {
                 Ok(EnvValue::Plain(v.to_string()))
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<EnvValue, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<EnvValue, A::Error> {
                 let mut secret = None;
                 while let Some(key) = map.next_key::<String>()? {
                     if key == "secret" {
@@ -311,11 +314,17 @@ mod tests {
     #[test]
     fn env_values_accept_scalars_and_secret_refs() {
         let env: BTreeMap<String, EnvValue> =
-            serde_json::from_str(r#"{"A":"x","B":8000,"C":true,"D":{"secret":"db-pass"}}"#).unwrap();
+            serde_json::from_str(r#"{"A":"x","B":8000,"C":true,"D":{"secret":"db-pass"}}"#)
+                .unwrap();
         assert_eq!(env["A"], EnvValue::Plain("x".into()));
         assert_eq!(env["B"], EnvValue::Plain("8000".into()));
         assert_eq!(env["C"], EnvValue::Plain("true".into()));
-        assert_eq!(env["D"], EnvValue::Secret { secret: "db-pass".into() });
+        assert_eq!(
+            env["D"],
+            EnvValue::Secret {
+                secret: "db-pass".into()
+            }
+        );
         let err = serde_json::from_str::<EnvValue>(r#"{"secrt":"x"}"#).unwrap_err();
         assert!(err.to_string().contains("unknown field `secrt`"), "{err}");
     }

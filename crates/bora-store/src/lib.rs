@@ -1,1 +1,94 @@
-//! bora-store (being written).
+//! Bora's state.
+//!
+//! The control plane talks to a [`Store`]: a small, synchronous, transactional
+//! interface over apps, services, deployments, instances and secrets. Every
+//! method that changes state runs in one transaction, so a crash (even
+//! `kill -9`) leaves either all of a change or none of it.
+//!
+//! [`SqliteStore`] is the embedded default. A PostgreSQL store implements the
+//! same trait; callers hold an `Arc<dyn Store>` and never see which.
+
+mod crypto;
+mod error;
+mod migrations;
+mod sqlite;
+
+pub use crypto::SecretCipher;
+pub use error::StoreError;
+pub use sqlite::SqliteStore;
+
+use bora_api::{
+    App, Deployment, DeploymentStatus, Instance, InstanceState, Secret, Service, ServiceSpec,
+};
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Which deployments to list.
+#[derive(Debug, Clone, Default)]
+pub struct DeploymentFilter<'a> {
+    pub app: Option<&'a str>,
+    pub service: Option<&'a str>,
+    /// Only deployments in one of these statuses (all when empty).
+    pub statuses: &'a [DeploymentStatus],
+}
+
+/// Which instances to list.
+#[derive(Debug, Clone, Default)]
+pub struct InstanceFilter<'a> {
+    pub app: Option<&'a str>,
+    pub service: Option<&'a str>,
+    pub deployment: Option<&'a str>,
+    /// Include `stopped` and `failed` instances.
+    pub include_final: bool,
+}
+
+/// The state Bora keeps. See the crate docs.
+pub trait Store: Send + Sync + 'static {
+    fn list_apps(&self) -> Result<Vec<App>>;
+    fn get_app(&self, name: &str) -> Result<App>;
+    /// Deletes the app with its services, deployments and instance records.
+    /// The caller stops the instances first.
+    fn delete_app(&self, name: &str) -> Result<()>;
+
+    fn list_services(&self, app: Option<&str>) -> Result<Vec<Service>>;
+    fn get_service(&self, app: &str, name: &str) -> Result<Service>;
+    fn delete_service(&self, app: &str, name: &str) -> Result<()>;
+
+    /// Records a new deployment of `spec` in `app`, creating the app and the
+    /// service if they do not exist, with the next version number, and makes
+    /// it the service's latest deployment.
+    fn create_deployment(&self, app: &str, spec: &ServiceSpec) -> Result<Deployment>;
+    fn get_deployment(&self, id: &str) -> Result<Deployment>;
+    /// Newest first.
+    fn list_deployments(&self, filter: &DeploymentFilter<'_>) -> Result<Vec<Deployment>>;
+    fn set_deployment_status(
+        &self,
+        id: &str,
+        status: DeploymentStatus,
+        reason: Option<&str>,
+    ) -> Result<Deployment>;
+    fn set_deployment_image(&self, id: &str, image_digest: &str) -> Result<Deployment>;
+    /// Makes `deployment` the one its service routes to.
+    fn set_active_deployment(&self, deployment: &str) -> Result<Service>;
+    fn delete_deployment(&self, id: &str) -> Result<()>;
+
+    /// Records a new `pending` instance of `deployment` on `node`.
+    fn create_instance(&self, deployment: &str, node: &str, reason: &str) -> Result<Instance>;
+    /// Moves an instance to `to`, recording the transition and its reason.
+    /// Refuses transitions the state machine does not allow.
+    fn transition_instance(&self, id: &str, to: InstanceState, reason: &str) -> Result<Instance>;
+    fn set_instance_ip(&self, id: &str, ip: Option<&str>) -> Result<()>;
+    fn increment_instance_restarts(&self, id: &str, reason: &str) -> Result<Instance>;
+    /// One instance, with its history.
+    fn get_instance(&self, id: &str) -> Result<Instance>;
+    /// Oldest first, without history.
+    fn list_instances(&self, filter: &InstanceFilter<'_>) -> Result<Vec<Instance>>;
+    fn delete_instance(&self, id: &str) -> Result<()>;
+
+    fn create_secret(&self, name: &str, value: &str) -> Result<Secret>;
+    fn update_secret(&self, name: &str, value: &str) -> Result<Secret>;
+    fn list_secrets(&self) -> Result<Vec<Secret>>;
+    /// The decrypted value; never log it.
+    fn secret_value(&self, name: &str) -> Result<String>;
+    fn delete_secret(&self, name: &str) -> Result<()>;
+}

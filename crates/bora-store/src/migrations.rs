@@ -1,0 +1,65 @@
+//! Versioned schema migrations. Each runs once, in a transaction, in order;
+//! `schema_migrations` records which ran. Never edit a released migration:
+//! add a new one.
+
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    r#"
+CREATE TABLE apps (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+CREATE TABLE services (
+    id                 TEXT PRIMARY KEY,
+    app_id             TEXT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    name               TEXT NOT NULL,
+    kind               TEXT NOT NULL,
+    active_deployment  TEXT,
+    latest_deployment  TEXT,
+    created_at         TEXT NOT NULL,
+    updated_at         TEXT NOT NULL,
+    UNIQUE (app_id, name)
+);
+CREATE TABLE deployments (
+    id            TEXT PRIMARY KEY,
+    service_id    TEXT NOT NULL REFERENCES services(id) ON DELETE CASCADE,
+    version       INTEGER NOT NULL,
+    spec          TEXT NOT NULL,
+    image_digest  TEXT,
+    status        TEXT NOT NULL,
+    reason        TEXT,
+    created_at    TEXT NOT NULL,
+    updated_at    TEXT NOT NULL,
+    UNIQUE (service_id, version)
+);
+CREATE TABLE instances (
+    id             TEXT PRIMARY KEY,
+    deployment_id  TEXT NOT NULL REFERENCES deployments(id) ON DELETE CASCADE,
+    node           TEXT NOT NULL,
+    state          TEXT NOT NULL,
+    reason         TEXT NOT NULL,
+    ip             TEXT,
+    restarts       INTEGER NOT NULL DEFAULT 0,
+    created_at     TEXT NOT NULL,
+    updated_at     TEXT NOT NULL
+);
+CREATE INDEX instances_by_deployment ON instances (deployment_id);
+CREATE TABLE instance_transitions (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    instance_id  TEXT NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+    at           TEXT NOT NULL,
+    from_state   TEXT,
+    to_state     TEXT NOT NULL,
+    reason       TEXT NOT NULL
+);
+CREATE INDEX transitions_by_instance ON instance_transitions (instance_id);
+CREATE TABLE secrets (
+    name        TEXT PRIMARY KEY,
+    sealed      BLOB NOT NULL,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+"#,
+)];

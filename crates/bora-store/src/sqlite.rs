@@ -1,0 +1,654 @@
+//! The embedded store: one SQLite file in WAL mode.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use bora_api::{
+    App, Deployment, DeploymentStatus, Instance, InstanceState, Secret, Service, ServiceSpec,
+    ServiceType, Transition,
+};
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+
+use crate::migrations::MIGRATIONS;
+use crate::{DeploymentFilter, InstanceFilter, Result, SecretCipher, Store, StoreError};
+
+/// A [`Store`] in one SQLite database file.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    cipher: SecretCipher,
+}
+
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+fn time(row: &Row<'_>, col: &str) -> rusqlite::Result<DateTime<Utc>> {
+    let s: String = row.get(col)?;
+    DateTime::parse_from_rfc3339(&s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+        })
+}
+
+fn parsed<T: std::str::FromStr<Err = String>>(row: &Row<'_>, col: &str) -> rusqlite::Result<T> {
+    let s: String = row.get(col)?;
+    s.parse::<T>().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+    })
+}
+
+fn service_kind(s: &str) -> ServiceType {
+    match s {
+        "worker" => ServiceType::Worker,
+        _ => ServiceType::Web,
+    }
+}
+
+const APP_COLS: &str = "a.id, a.name, a.created_at, a.updated_at";
+const SERVICE_COLS: &str = "s.id, a.name AS app_name, s.name, s.kind, s.active_deployment, s.latest_deployment, s.created_at, s.updated_at";
+const DEPLOYMENT_COLS: &str = "d.id, a.name AS app_name, s.name AS service_name, d.version, d.spec, d.image_digest, d.status, d.reason, d.created_at, d.updated_at";
+const INSTANCE_COLS: &str = "i.id, a.name AS app_name, s.name AS service_name, i.deployment_id, i.node, i.state, i.reason, i.ip, i.restarts, i.created_at, i.updated_at";
+const DEPLOYMENT_JOIN: &str =
+    "deployments d JOIN services s ON s.id = d.service_id JOIN apps a ON a.id = s.app_id";
+const INSTANCE_JOIN: &str = "instances i JOIN deployments d ON d.id = i.deployment_id JOIN services s ON s.id = d.service_id JOIN apps a ON a.id = s.app_id";
+
+fn app_row(row: &Row<'_>) -> rusqlite::Result<App> {
+    Ok(App {
+        id: row.get("id")?,
+        name: row.get("name")?,
+        created_at: time(row, "created_at")?,
+        updated_at: time(row, "updated_at")?,
+    })
+}
+
+fn service_row(row: &Row<'_>) -> rusqlite::Result<Service> {
+    Ok(Service {
+        id: row.get("id")?,
+        app: row.get("app_name")?,
+        name: row.get("name")?,
+        kind: service_kind(&row.get::<_, String>("kind")?),
+        active_deployment: row.get("active_deployment")?,
+        latest_deployment: row.get("latest_deployment")?,
+        url: None,
+        created_at: time(row, "created_at")?,
+        updated_at: time(row, "updated_at")?,
+    })
+}
+
+fn deployment_row(row: &Row<'_>) -> rusqlite::Result<Deployment> {
+    let spec: String = row.get("spec")?;
+    let spec: ServiceSpec = serde_json::from_str(&spec).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    Ok(Deployment {
+        id: row.get("id")?,
+        app: row.get("app_name")?,
+        service: row.get("service_name")?,
+        version: row.get::<_, i64>("version")? as u64,
+        spec,
+        image_digest: row.get("image_digest")?,
+        status: parsed(row, "status")?,
+        reason: row.get("reason")?,
+        created_at: time(row, "created_at")?,
+        updated_at: time(row, "updated_at")?,
+    })
+}
+
+fn instance_row(row: &Row<'_>) -> rusqlite::Result<Instance> {
+    Ok(Instance {
+        id: row.get("id")?,
+        app: row.get("app_name")?,
+        service: row.get("service_name")?,
+        deployment: row.get("deployment_id")?,
+        node: row.get("node")?,
+        state: parsed(row, "state")?,
+        reason: row.get("reason")?,
+        ip: row.get("ip")?,
+        restarts: row.get::<_, i64>("restarts")? as u32,
+        created_at: time(row, "created_at")?,
+        updated_at: time(row, "updated_at")?,
+        history: Vec::new(),
+    })
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and runs any
+    /// migrations it has not had yet.
+    pub fn open(path: &Path, cipher: SecretCipher) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        Self::init(conn, cipher, &path.display().to_string())
+    }
+
+    /// An in-memory store, for tests.
+    pub fn in_memory(cipher: SecretCipher) -> Result<Self> {
+        Self::init(Connection::open_in_memory()?, cipher, ":memory:")
+    }
+
+    fn init(mut conn: Connection, cipher: SecretCipher, path: &str) -> Result<Self> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrate(&mut conn, path)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            cipher,
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a half-done change
+        // behind (transactions roll back on drop), so a poisoned lock is safe
+        // to keep using.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+fn migrate(conn: &mut Connection, path: &str) -> Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)",
+    )?;
+    let current: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        [],
+        |r| r.get(0),
+    )?;
+    let known = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+    if current > known {
+        return Err(StoreError::SchemaTooNew {
+            path: path.to_string(),
+            found: current,
+            known,
+        });
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+            params![version, now()],
+        )?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn app_id(tx: &Connection, name: &str) -> Result<String> {
+    tx.query_row("SELECT id FROM apps WHERE name = ?1", [name], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| StoreError::not_found("app", name))
+}
+
+fn service_id(tx: &Connection, app: &str, name: &str) -> Result<String> {
+    tx.query_row(
+        "SELECT s.id FROM services s JOIN apps a ON a.id = s.app_id WHERE a.name = ?1 AND s.name = ?2",
+        [app, name],
+        |r| r.get(0),
+    )
+    .optional()?
+    .ok_or_else(|| StoreError::not_found("service", format!("{app}/{name}")))
+}
+
+fn query_deployment(conn: &Connection, id: &str) -> Result<Deployment> {
+    conn.query_row(
+        &format!("SELECT {DEPLOYMENT_COLS} FROM {DEPLOYMENT_JOIN} WHERE d.id = ?1"),
+        [id],
+        deployment_row,
+    )
+    .optional()?
+    .ok_or_else(|| StoreError::not_found("deployment", id))
+}
+
+fn query_service(conn: &Connection, app: &str, name: &str) -> Result<Service> {
+    conn.query_row(
+        &format!(
+            "SELECT {SERVICE_COLS} FROM services s JOIN apps a ON a.id = s.app_id WHERE a.name = ?1 AND s.name = ?2"
+        ),
+        [app, name],
+        service_row,
+    )
+    .optional()?
+    .ok_or_else(|| StoreError::not_found("service", format!("{app}/{name}")))
+}
+
+fn query_instance(conn: &Connection, id: &str) -> Result<Instance> {
+    conn.query_row(
+        &format!("SELECT {INSTANCE_COLS} FROM {INSTANCE_JOIN} WHERE i.id = ?1"),
+        [id],
+        instance_row,
+    )
+    .optional()?
+    .ok_or_else(|| StoreError::not_found("instance", id))
+}
+
+fn record_transition(
+    tx: &Connection,
+    id: &str,
+    from: Option<InstanceState>,
+    to: InstanceState,
+    reason: &str,
+    at: &str,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO instance_transitions (instance_id, at, from_state, to_state, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![id, at, from.map(|s| s.as_str()), to.as_str(), reason],
+    )?;
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn list_apps(&self) -> Result<Vec<App>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("SELECT {APP_COLS} FROM apps a ORDER BY a.name"))?;
+        let rows = stmt.query_map([], app_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn get_app(&self, name: &str) -> Result<App> {
+        self.conn()
+            .query_row(
+                &format!("SELECT {APP_COLS} FROM apps a WHERE a.name = ?1"),
+                [name],
+                app_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::not_found("app", name))
+    }
+
+    fn delete_app(&self, name: &str) -> Result<()> {
+        self.write(|tx| {
+            let n = tx.execute("DELETE FROM apps WHERE name = ?1", [name])?;
+            if n == 0 {
+                return Err(StoreError::not_found("app", name));
+            }
+            Ok(())
+        })
+    }
+
+    fn list_services(&self, app: Option<&str>) -> Result<Vec<Service>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {SERVICE_COLS} FROM services s JOIN apps a ON a.id = s.app_id
+             WHERE (?1 IS NULL OR a.name = ?1) ORDER BY a.name, s.name"
+        ))?;
+        let rows = stmt.query_map([app], service_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn get_service(&self, app: &str, name: &str) -> Result<Service> {
+        query_service(&self.conn(), app, name)
+    }
+
+    fn delete_service(&self, app: &str, name: &str) -> Result<()> {
+        self.write(|tx| {
+            let id = service_id(tx, app, name)?;
+            tx.execute("DELETE FROM services WHERE id = ?1", [id])?;
+            Ok(())
+        })
+    }
+
+    fn create_deployment(&self, app: &str, spec: &ServiceSpec) -> Result<Deployment> {
+        let spec_json = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt {
+            what: "deployment spec".into(),
+            detail: e.to_string(),
+        })?;
+        self.write(|tx| {
+            let at = now();
+            let app_id = match app_id(tx, app) {
+                Ok(id) => id,
+                Err(StoreError::NotFound { .. }) => {
+                    let id = new_id();
+                    tx.execute(
+                        "INSERT INTO apps (id, name, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
+                        params![id, app, at],
+                    )?;
+                    id
+                }
+                Err(e) => return Err(e),
+            };
+            let service_id = match service_id(tx, app, &spec.name) {
+                Ok(id) => {
+                    tx.execute(
+                        "UPDATE services SET kind = ?2, updated_at = ?3 WHERE id = ?1",
+                        params![id, spec.kind.to_string(), at],
+                    )?;
+                    id
+                }
+                Err(StoreError::NotFound { .. }) => {
+                    let id = new_id();
+                    tx.execute(
+                        "INSERT INTO services (id, app_id, name, kind, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                        params![id, app_id, spec.name, spec.kind.to_string(), at],
+                    )?;
+                    id
+                }
+                Err(e) => return Err(e),
+            };
+            let version: i64 = tx.query_row(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM deployments WHERE service_id = ?1",
+                [&service_id],
+                |r| r.get(0),
+            )?;
+            let id = new_id();
+            tx.execute(
+                "INSERT INTO deployments (id, service_id, version, spec, status, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5)",
+                params![id, service_id, version, spec_json, at],
+            )?;
+            tx.execute(
+                "UPDATE services SET latest_deployment = ?2, updated_at = ?3 WHERE id = ?1",
+                params![service_id, id, at],
+            )?;
+            query_deployment(tx, &id)
+        })
+    }
+
+    fn get_deployment(&self, id: &str) -> Result<Deployment> {
+        query_deployment(&self.conn(), id)
+    }
+
+    fn list_deployments(&self, filter: &DeploymentFilter<'_>) -> Result<Vec<Deployment>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {DEPLOYMENT_COLS} FROM {DEPLOYMENT_JOIN}
+             WHERE (?1 IS NULL OR a.name = ?1) AND (?2 IS NULL OR s.name = ?2)
+             ORDER BY d.created_at DESC, d.version DESC"
+        ))?;
+        let rows = stmt.query_map(params![filter.app, filter.service], deployment_row)?;
+        let all: Vec<Deployment> = rows.collect::<rusqlite::Result<_>>()?;
+        Ok(all
+            .into_iter()
+            .filter(|d| filter.statuses.is_empty() || filter.statuses.contains(&d.status))
+            .collect())
+    }
+
+    fn set_deployment_status(
+        &self,
+        id: &str,
+        status: DeploymentStatus,
+        reason: Option<&str>,
+    ) -> Result<Deployment> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE deployments SET status = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1",
+                params![id, status.as_str(), reason, now()],
+            )?;
+            if n == 0 {
+                return Err(StoreError::not_found("deployment", id));
+            }
+            query_deployment(tx, id)
+        })
+    }
+
+    fn set_deployment_image(&self, id: &str, image_digest: &str) -> Result<Deployment> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE deployments SET image_digest = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id, image_digest, now()],
+            )?;
+            if n == 0 {
+                return Err(StoreError::not_found("deployment", id));
+            }
+            query_deployment(tx, id)
+        })
+    }
+
+    fn set_active_deployment(&self, deployment: &str) -> Result<Service> {
+        self.write(|tx| {
+            let d = query_deployment(tx, deployment)?;
+            tx.execute(
+                "UPDATE services SET active_deployment = ?1, updated_at = ?2
+                 WHERE id = (SELECT service_id FROM deployments WHERE id = ?1)",
+                params![deployment, now()],
+            )?;
+            query_service(tx, &d.app, &d.service)
+        })
+    }
+
+    fn delete_deployment(&self, id: &str) -> Result<()> {
+        self.write(|tx| {
+            let n = tx.execute("DELETE FROM deployments WHERE id = ?1", [id])?;
+            if n == 0 {
+                return Err(StoreError::not_found("deployment", id));
+            }
+            tx.execute(
+                "UPDATE services SET active_deployment = NULL WHERE active_deployment = ?1",
+                [id],
+            )?;
+            tx.execute(
+                "UPDATE services SET latest_deployment = NULL WHERE latest_deployment = ?1",
+                [id],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn create_instance(&self, deployment: &str, node: &str, reason: &str) -> Result<Instance> {
+        self.write(|tx| {
+            query_deployment(tx, deployment)?;
+            let id = new_id();
+            let at = now();
+            tx.execute(
+                "INSERT INTO instances (id, deployment_id, node, state, reason, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?5)",
+                params![id, deployment, node, reason, at],
+            )?;
+            record_transition(tx, &id, None, InstanceState::Pending, reason, &at)?;
+            query_instance(tx, &id)
+        })
+    }
+
+    fn transition_instance(&self, id: &str, to: InstanceState, reason: &str) -> Result<Instance> {
+        self.write(|tx| {
+            let current = query_instance(tx, id)?;
+            if current.state == to {
+                return Ok(current);
+            }
+            if !current.state.can_become(to) {
+                return Err(StoreError::InvalidTransition {
+                    id: id.to_string(),
+                    from: current.state,
+                    to,
+                });
+            }
+            let at = now();
+            tx.execute(
+                "UPDATE instances SET state = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1",
+                params![id, to.as_str(), reason, at],
+            )?;
+            record_transition(tx, id, Some(current.state), to, reason, &at)?;
+            query_instance(tx, id)
+        })
+    }
+
+    fn set_instance_ip(&self, id: &str, ip: Option<&str>) -> Result<()> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE instances SET ip = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id, ip, now()],
+            )?;
+            if n == 0 {
+                return Err(StoreError::not_found("instance", id));
+            }
+            Ok(())
+        })
+    }
+
+    fn increment_instance_restarts(&self, id: &str, reason: &str) -> Result<Instance> {
+        self.write(|tx| {
+            let current = query_instance(tx, id)?;
+            let at = now();
+            tx.execute(
+                "UPDATE instances SET restarts = restarts + 1, reason = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id, reason, at],
+            )?;
+            record_transition(tx, id, Some(current.state), current.state, reason, &at)?;
+            query_instance(tx, id)
+        })
+    }
+
+    fn get_instance(&self, id: &str) -> Result<Instance> {
+        let conn = self.conn();
+        let mut instance = query_instance(&conn, id)?;
+        let mut stmt = conn.prepare(
+            "SELECT at, from_state, to_state, reason FROM instance_transitions WHERE instance_id = ?1 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([id], |row| {
+            let from: Option<String> = row.get("from_state")?;
+            let from = from
+                .map(|s| s.parse::<InstanceState>())
+                .transpose()
+                .map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        0,
+                        rusqlite::types::Type::Text,
+                        e.into(),
+                    )
+                })?;
+            Ok(Transition {
+                at: time(row, "at")?,
+                from,
+                to: parsed(row, "to_state")?,
+                reason: row.get("reason")?,
+            })
+        })?;
+        instance.history = rows.collect::<rusqlite::Result<_>>()?;
+        Ok(instance)
+    }
+
+    fn list_instances(&self, filter: &InstanceFilter<'_>) -> Result<Vec<Instance>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {INSTANCE_COLS} FROM {INSTANCE_JOIN}
+             WHERE (?1 IS NULL OR a.name = ?1) AND (?2 IS NULL OR s.name = ?2)
+               AND (?3 IS NULL OR i.deployment_id = ?3)
+               AND (?4 OR i.state NOT IN ('stopped', 'failed'))
+             ORDER BY i.created_at, i.id"
+        ))?;
+        let rows = stmt.query_map(
+            params![
+                filter.app,
+                filter.service,
+                filter.deployment,
+                filter.include_final
+            ],
+            instance_row,
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn delete_instance(&self, id: &str) -> Result<()> {
+        self.write(|tx| {
+            let n = tx.execute("DELETE FROM instances WHERE id = ?1", [id])?;
+            if n == 0 {
+                return Err(StoreError::not_found("instance", id));
+            }
+            Ok(())
+        })
+    }
+
+    fn create_secret(&self, name: &str, value: &str) -> Result<Secret> {
+        let sealed = self.cipher.seal(value.as_bytes());
+        self.write(|tx| {
+            let exists: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM secrets WHERE name = ?1)",
+                [name],
+                |r| r.get(0),
+            )?;
+            if exists {
+                return Err(StoreError::AlreadyExists {
+                    kind: "secret",
+                    name: name.to_string(),
+                });
+            }
+            let at = now();
+            tx.execute(
+                "INSERT INTO secrets (name, sealed, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
+                params![name, sealed, at],
+            )?;
+            secret_meta(tx, name)
+        })
+    }
+
+    fn update_secret(&self, name: &str, value: &str) -> Result<Secret> {
+        let sealed = self.cipher.seal(value.as_bytes());
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE secrets SET sealed = ?2, updated_at = ?3 WHERE name = ?1",
+                params![name, sealed, now()],
+            )?;
+            if n == 0 {
+                return Err(StoreError::not_found("secret", name));
+            }
+            secret_meta(tx, name)
+        })
+    }
+
+    fn list_secrets(&self) -> Result<Vec<Secret>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT name, created_at, updated_at FROM secrets ORDER BY name")?;
+        let rows = stmt.query_map([], secret_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn secret_value(&self, name: &str) -> Result<String> {
+        let sealed: Vec<u8> = self
+            .conn()
+            .query_row("SELECT sealed FROM secrets WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .ok_or_else(|| StoreError::not_found("secret", name))?;
+        let corrupt = |detail: &str| StoreError::Corrupt {
+            what: format!("secret {name:?}"),
+            detail: detail.to_string(),
+        };
+        let plain = self.cipher.open(&sealed).ok_or_else(|| {
+            corrupt(
+                "it does not decrypt with this data directory's secret.key (was the key replaced?)",
+            )
+        })?;
+        String::from_utf8(plain).map_err(|_| corrupt("not UTF-8"))
+    }
+
+    fn delete_secret(&self, name: &str) -> Result<()> {
+        self.write(|tx| {
+            let n = tx.execute("DELETE FROM secrets WHERE name = ?1", [name])?;
+            if n == 0 {
+                return Err(StoreError::not_found("secret", name));
+            }
+            Ok(())
+        })
+    }
+}
+
+fn secret_row(row: &Row<'_>) -> rusqlite::Result<Secret> {
+    Ok(Secret {
+        name: row.get("name")?,
+        created_at: time(row, "created_at")?,
+        updated_at: time(row, "updated_at")?,
+    })
+}
+
+fn secret_meta(tx: &Connection, name: &str) -> Result<Secret> {
+    Ok(tx.query_row(
+        "SELECT name, created_at, updated_at FROM secrets WHERE name = ?1",
+        [name],
+        secret_row,
+    )?)
+}
