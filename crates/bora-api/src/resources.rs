@@ -162,6 +162,9 @@ impl InstanceState {
             (Pulling, Starting) => true,
             (Starting, Healthy) => true,
             (Healthy, Draining) | (Starting, Draining) => true,
+            // A healthy instance whose process exited or kept failing its
+            // health checks is restarted in place.
+            (Healthy, Starting) => true,
             _ => false,
         }
     }
@@ -273,6 +276,7 @@ mod tests {
         assert!(!Stopped.can_become(Healthy));
         assert!(!Failed.can_become(Stopped));
         assert!(!Healthy.can_become(Pending));
+        assert!(Healthy.can_become(Starting));
     }
 
     #[test]

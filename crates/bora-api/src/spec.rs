@@ -40,6 +40,9 @@ pub struct ServiceSpec {
     /// Replaces the image's command (its arguments), keeping the entrypoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args: Option<Vec<String>>,
+    /// A secret holding `username:password` for a private registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_secret: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, EnvValue>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -300,10 +303,13 @@ impl Default for ScalingSpec {
 impl ServiceSpec {
     /// The names of the secrets this spec's environment refers to.
     pub fn secret_refs(&self) -> impl Iterator<Item = &str> {
-        self.env.values().filter_map(|v| match v {
-            EnvValue::Secret { secret } => Some(secret.as_str()),
-            EnvValue::Plain(_) => None,
-        })
+        self.env
+            .values()
+            .filter_map(|v| match v {
+                EnvValue::Secret { secret } => Some(secret.as_str()),
+                EnvValue::Plain(_) => None,
+            })
+            .chain(self.registry_secret.as_deref())
     }
 }
 

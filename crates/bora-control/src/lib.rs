@@ -1,1 +1,19 @@
-//! bora-control (being written).
+//! Bora's control plane.
+//!
+//! - [`controller`]: the one owner of state changes. It turns a deployment
+//!   into healthy instances ([`rollout`]), keeps each instance alive
+//!   ([`supervisor`]), shifts traffic in the router and drains what is
+//!   replaced, and re-adopts running instances after a restart.
+//! - [`api`]: the REST API under `/v1/`, with its OpenAPI document.
+//! - [`server`]: `bora server` — store, node agent, router, controller and API
+//!   in one process.
+
+pub mod api;
+pub mod controller;
+pub mod error;
+pub mod rollout;
+pub mod server;
+pub mod supervisor;
+
+pub use error::ControlError;
+pub use server::{ServerConfig, ServerHandle, start};

@@ -1,1 +1,31 @@
-//! bora-node (being written).
+//! Bora's node agent: everything that touches the machine an instance runs on.
+//!
+//! One [`Node`] per machine. For each instance it
+//! 1. stacks the image's unpacked layers with overlayfs ([`rootfs`]),
+//! 2. writes an OCI runtime bundle ([`bundle`]): the image's config plus the
+//!    service's command, env and the instance type's cgroup limits,
+//! 3. creates a network namespace and attaches it to the node's bridge with
+//!    the CNI `bridge` plugin ([`network`]),
+//! 4. starts the OCI runtime (`runc`, or `runsc` for gVisor) under a small
+//!    supervisor process, the shim ([`shim`]), which outlives a restart of
+//!    the server, keeps the logs bounded and records the exit status.
+//!
+//! Everything about an instance lives in `<data-dir>/instances/<id>/`, so a
+//! restarted server finds what is still running ([`Node::recover`]) and
+//! cleans up what is not: no leaked processes, mounts, veths or addresses.
+
+#![deny(unsafe_code)]
+
+pub mod bundle;
+pub mod health;
+pub mod logs;
+pub mod network;
+pub mod rootfs;
+pub mod runtime;
+pub mod shim;
+
+mod error;
+mod node;
+
+pub use error::NodeError;
+pub use node::{InstanceSpec, InstanceStatus, Node, NodeConfig, RecoveredInstance};

@@ -1,3 +1,151 @@
-fn main() {
-    println!("Hello, world!");
+//! `bora`: the server, the per-instance shim and the CLI in one binary. All
+//! logic lives in the libraries; this file only parses arguments and
+//! dispatches.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "bora",
+    version,
+    about = "Bora: a self-hostable serverless cloud for AI"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: bora_cli::GlobalOpts,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane, node agent and router on this machine.
+    Server(ServerArgs),
+    /// Supervise one instance (started by the node agent, not by hand).
+    #[command(hide = true)]
+    Shim(ShimArgs),
+    #[command(flatten)]
+    Client(bora_cli::ClientCommand),
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// API listen address (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    api_listen: SocketAddr,
+    /// Router listen address: where services are reached.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http_listen: SocketAddr,
+    /// Services are reached at <service>.<app>.<domain>.
+    #[arg(long, default_value = "localhost")]
+    domain: String,
+    /// A registry (host[:port]) to reach over plain HTTP; loopback registries always are.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    /// OCI runtime for `isolation: container`.
+    #[arg(long, default_value = "runc")]
+    runc: PathBuf,
+    /// OCI runtime for `isolation: gvisor`.
+    #[arg(long, default_value = "runsc")]
+    runsc: PathBuf,
+    /// Linux bridge for instances.
+    #[arg(long, default_value = "bora0")]
+    bridge: String,
+    /// Address range for instances.
+    #[arg(long, default_value = "10.88.0.0/16")]
+    subnet: String,
+    /// Directory of the CNI plugins.
+    #[arg(long, default_value = "/usr/lib/cni")]
+    cni_bin_dir: PathBuf,
+}
+
+#[derive(Args)]
+struct ShimArgs {
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    max_log_bytes: u64,
+    #[arg(last = true, required = true)]
+    argv: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        // The shim stays small: no async runtime, no logging setup.
+        Command::Shim(args) => {
+            ExitCode::from(bora_node::shim::run(&args.dir, &args.argv, args.max_log_bytes) as u8)
+        }
+        Command::Server(args) => {
+            init_tracing();
+            match runtime().block_on(server(cli.global.data_dir, args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Client(cmd) => {
+            bora_cli::finish(runtime().block_on(bora_cli::run(cli.global, cmd)))
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("starting the async runtime")
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("BORA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn server(data_dir: PathBuf, args: ServerArgs) -> anyhow::Result<()> {
+    let shim_exe = std::env::current_exe().context("finding the bora binary for the shim")?;
+    let config = bora_control::ServerConfig {
+        data_dir,
+        api_listen: args.api_listen,
+        http_listen: args.http_listen,
+        domain: args.domain,
+        insecure_registries: args.insecure_registries,
+        runtimes: bora_node::runtime::RuntimeBinaries {
+            container: args.runc,
+            gvisor: args.runsc,
+        },
+        network: bora_node::network::NetworkConfig {
+            bridge: args.bridge,
+            subnet: args.subnet,
+            cni_bin_dir: args.cni_bin_dir,
+            ..Default::default()
+        },
+        shim_exe,
+    };
+    let handle = bora_control::start(config).await?;
+    println!("bora: API listening on http://{}", handle.api_addr);
+    println!("bora: router listening on http://{}", handle.http_addr);
+    println!("bora: ready");
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for ctrl-c")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("bora: stopping; instances keep running and are re-adopted at the next start");
+    handle.shutdown();
+    Ok(())
 }

@@ -1,0 +1,524 @@
+//! The REST API under `/v1/`. Every request needs `Authorization: Bearer
+//! <token>`; errors are `{"error": {"code", "message"}}`, made in one place
+//! ([`ApiError`]'s `IntoResponse`). The OpenAPI document is generated from
+//! the handlers' annotations and served at `/v1/openapi.json`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use bora_api::{
+    ApiErrorBody, App, CreateSecret, Deployment, ErrorCode, Instance, List, LogLine, Secret,
+    Service, ServiceSpec,
+};
+use bora_node::logs::{Follower, LogRecord};
+use bora_store::{DeploymentFilter, InstanceFilter};
+use serde::Deserialize;
+use utoipa::OpenApi;
+
+use crate::ControlError;
+use crate::controller::Controller;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub ctl: Arc<Controller>,
+    pub token: Arc<str>,
+}
+
+/// An API error: a code and a message, rendered as JSON.
+pub struct ApiError(pub ErrorCode, pub String);
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        if matches!(e, ControlError::Store(_) | ControlError::Internal(_)) {
+            tracing::error!(error = %e, "internal error");
+        }
+        ApiError(e.code(), e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(ApiErrorBody::new(self.0, self.1))).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// JSON bodies parsed with errors in the API's format (400, naming the
+/// field and position), not the framework's.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError(
+            ErrorCode::InvalidArgument,
+            format!("invalid request body: {e}"),
+        )
+    })
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Bora API", description = "Deploy containers, scale them, reach them through the router."),
+    paths(
+        list_apps, get_app, delete_app, list_services, get_service, delete_service, create_deployment,
+        list_deployments, get_deployment, delete_deployment, list_instances, get_instance, delete_instance,
+        list_secrets, create_secret, update_secret, delete_secret, service_logs
+    ),
+    components(schemas(ApiErrorBody, LogLine)),
+    modifiers(&BearerAuth),
+    security(("token" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "token",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+    }
+}
+
+pub fn router(state: ApiState) -> Router {
+    let v1 = Router::new()
+        .route("/apps", get(list_apps))
+        .route("/apps/{app}", get(get_app).delete(delete_app))
+        .route("/services", get(list_services))
+        .route(
+            "/apps/{app}/services/{service}",
+            get(get_service).delete(delete_service),
+        )
+        .route("/apps/{app}/services/{service}/logs", get(service_logs))
+        .route(
+            "/apps/{app}/deployments",
+            axum::routing::post(create_deployment),
+        )
+        .route("/deployments", get(list_deployments))
+        .route(
+            "/deployments/{id}",
+            get(get_deployment).delete(delete_deployment),
+        )
+        .route("/instances", get(list_instances))
+        .route("/instances/{id}", get(get_instance).delete(delete_instance))
+        .route("/secrets", get(list_secrets).post(create_secret))
+        .route(
+            "/secrets/{name}",
+            axum::routing::put(update_secret).delete(delete_secret),
+        )
+        .route("/openapi.json", get(openapi))
+        .fallback(|| async {
+            ApiError(
+                ErrorCode::NotFound,
+                "no such API endpoint: see /v1/openapi.json".into(),
+            )
+        })
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .with_state(state);
+    Router::new().nest("/v1", v1).fallback(|| async {
+        ApiError(
+            ErrorCode::NotFound,
+            "no such API endpoint: the API is under /v1/".into(),
+        )
+    })
+}
+
+async fn authenticate(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(token) if constant_time_eq(token.as_bytes(), state.token.as_bytes()) => {
+            next.run(req).await
+        }
+        Some(_) => ApiError(
+            ErrorCode::Unauthenticated,
+            "the token was refused: use the one in <data-dir>/admin.token (BORA_TOKEN)".into(),
+        )
+        .into_response(),
+        None => ApiError(
+            ErrorCode::Unauthenticated,
+            "missing `Authorization: Bearer <token>`: the token is in <data-dir>/admin.token"
+                .into(),
+        )
+        .into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+#[utoipa::path(get, path = "/v1/apps", responses((status = 200, body = List<App>)))]
+async fn list_apps(State(s): State<ApiState>) -> ApiResult<Json<List<App>>> {
+    Ok(Json(List {
+        items: s.ctl.apps()?,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/apps/{app}", responses((status = 200, body = App), (status = 404, body = ApiErrorBody)))]
+async fn get_app(State(s): State<ApiState>, Path(app): Path<String>) -> ApiResult<Json<App>> {
+    Ok(Json(
+        s.ctl.store().get_app(&app).map_err(ControlError::from)?,
+    ))
+}
+
+#[utoipa::path(delete, path = "/v1/apps/{app}", responses((status = 204), (status = 404, body = ApiErrorBody)))]
+async fn delete_app(State(s): State<ApiState>, Path(app): Path<String>) -> ApiResult<StatusCode> {
+    s.ctl.delete_app(&app).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct ServiceQuery {
+    app: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/services", params(ServiceQuery), responses((status = 200, body = List<Service>)))]
+async fn list_services(
+    State(s): State<ApiState>,
+    Query(q): Query<ServiceQuery>,
+) -> ApiResult<Json<List<Service>>> {
+    let items = s
+        .ctl
+        .store()
+        .list_services(q.app.as_deref())
+        .map_err(ControlError::from)?
+        .into_iter()
+        .map(|svc| s.ctl.with_url(svc))
+        .collect();
+    Ok(Json(List { items }))
+}
+
+#[utoipa::path(get, path = "/v1/apps/{app}/services/{service}", responses((status = 200, body = Service), (status = 404, body = ApiErrorBody)))]
+async fn get_service(
+    State(s): State<ApiState>,
+    Path((app, service)): Path<(String, String)>,
+) -> ApiResult<Json<Service>> {
+    let svc = s
+        .ctl
+        .store()
+        .get_service(&app, &service)
+        .map_err(ControlError::from)?;
+    Ok(Json(s.ctl.with_url(svc)))
+}
+
+#[utoipa::path(delete, path = "/v1/apps/{app}/services/{service}", responses((status = 204), (status = 404, body = ApiErrorBody)))]
+async fn delete_service(
+    State(s): State<ApiState>,
+    Path((app, service)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    s.ctl.delete_service(&app, &service).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(
+    post, path = "/v1/apps/{app}/deployments", request_body = ServiceSpec,
+    responses((status = 201, body = Deployment), (status = 400, body = ApiErrorBody))
+)]
+async fn create_deployment(
+    State(s): State<ApiState>,
+    Path(app): Path<String>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Deployment>)> {
+    let spec: ServiceSpec = parse_body(&body)?;
+    Ok((StatusCode::CREATED, Json(s.ctl.deploy(&app, spec)?)))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct DeploymentQuery {
+    app: Option<String>,
+    service: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/deployments", params(DeploymentQuery), responses((status = 200, body = List<Deployment>)))]
+async fn list_deployments(
+    State(s): State<ApiState>,
+    Query(q): Query<DeploymentQuery>,
+) -> ApiResult<Json<List<Deployment>>> {
+    let items = s
+        .ctl
+        .store()
+        .list_deployments(&DeploymentFilter {
+            app: q.app.as_deref(),
+            service: q.service.as_deref(),
+            ..Default::default()
+        })
+        .map_err(ControlError::from)?;
+    Ok(Json(List { items }))
+}
+
+#[utoipa::path(get, path = "/v1/deployments/{id}", responses((status = 200, body = Deployment), (status = 404, body = ApiErrorBody)))]
+async fn get_deployment(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Deployment>> {
+    Ok(Json(
+        s.ctl
+            .store()
+            .get_deployment(&id)
+            .map_err(ControlError::from)?,
+    ))
+}
+
+#[utoipa::path(delete, path = "/v1/deployments/{id}", responses((status = 204), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody)))]
+async fn delete_deployment(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    s.ctl.delete_deployment(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct InstanceQuery {
+    app: Option<String>,
+    service: Option<String>,
+    deployment: Option<String>,
+    /// Include stopped and failed instances.
+    #[serde(default)]
+    all: bool,
+}
+
+#[utoipa::path(get, path = "/v1/instances", params(InstanceQuery), responses((status = 200, body = List<Instance>)))]
+async fn list_instances(
+    State(s): State<ApiState>,
+    Query(q): Query<InstanceQuery>,
+) -> ApiResult<Json<List<Instance>>> {
+    let items = s
+        .ctl
+        .store()
+        .list_instances(&InstanceFilter {
+            app: q.app.as_deref(),
+            service: q.service.as_deref(),
+            deployment: q.deployment.as_deref(),
+            include_final: q.all,
+        })
+        .map_err(ControlError::from)?;
+    Ok(Json(List { items }))
+}
+
+#[utoipa::path(get, path = "/v1/instances/{id}", responses((status = 200, body = Instance), (status = 404, body = ApiErrorBody)))]
+async fn get_instance(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Instance>> {
+    Ok(Json(
+        s.ctl
+            .store()
+            .get_instance(&id)
+            .map_err(ControlError::from)?,
+    ))
+}
+
+#[utoipa::path(delete, path = "/v1/instances/{id}", responses((status = 204), (status = 404, body = ApiErrorBody)))]
+async fn delete_instance(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    s.ctl.delete_instance(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/secrets", responses((status = 200, body = List<Secret>)))]
+async fn list_secrets(State(s): State<ApiState>) -> ApiResult<Json<List<Secret>>> {
+    Ok(Json(List {
+        items: s.ctl.store().list_secrets().map_err(ControlError::from)?,
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/secrets", request_body = CreateSecret, responses((status = 201, body = Secret), (status = 409, body = ApiErrorBody)))]
+async fn create_secret(
+    State(s): State<ApiState>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Secret>)> {
+    let req: CreateSecret = parse_body(&body)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(s.ctl.create_secret(&req.name, &req.value)?),
+    ))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct UpdateSecret {
+    value: String,
+}
+
+#[utoipa::path(put, path = "/v1/secrets/{name}", request_body = UpdateSecret, responses((status = 200, body = Secret), (status = 404, body = ApiErrorBody)))]
+async fn update_secret(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Secret>> {
+    let req: UpdateSecret = parse_body(&body)?;
+    Ok(Json(
+        s.ctl
+            .store()
+            .update_secret(&name, &req.value)
+            .map_err(ControlError::from)?,
+    ))
+}
+
+#[utoipa::path(delete, path = "/v1/secrets/{name}", responses((status = 204), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody)))]
+async fn delete_secret(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    s.ctl.delete_secret(&name)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct LogQuery {
+    /// Lines per instance to start with (default 100).
+    tail: Option<usize>,
+    /// Keep the response open and stream new lines.
+    #[serde(default)]
+    follow: bool,
+}
+
+fn log_line(instance: &str, r: LogRecord) -> LogLine {
+    LogLine {
+        at: r.at,
+        instance: instance.to_string(),
+        stream: r.stream,
+        line: r.line,
+    }
+}
+
+fn ndjson(line: &LogLine) -> Bytes {
+    let mut v = serde_json::to_vec(line).unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+#[utoipa::path(
+    get, path = "/v1/apps/{app}/services/{service}/logs", params(LogQuery),
+    responses((status = 200, description = "JSON Lines of LogLine", content_type = "application/x-ndjson"))
+)]
+async fn service_logs(
+    State(s): State<ApiState>,
+    Path((app, service)): Path<(String, String)>,
+    Query(q): Query<LogQuery>,
+) -> ApiResult<Response> {
+    let ctl = s.ctl.clone();
+    let svc = ctl
+        .store()
+        .get_service(&app, &service)
+        .map_err(ControlError::from)?;
+    // Logs of the live instances, and of the latest deployment's (which
+    // explain a failed rollout).
+    let mut instances = ctl
+        .store()
+        .list_instances(&InstanceFilter {
+            app: Some(&app),
+            service: Some(&service),
+            ..Default::default()
+        })
+        .map_err(ControlError::from)?;
+    if let Some(latest) = &svc.latest_deployment {
+        for i in ctl
+            .store()
+            .list_instances(&InstanceFilter {
+                deployment: Some(latest),
+                include_final: true,
+                ..Default::default()
+            })
+            .map_err(ControlError::from)?
+        {
+            if !instances.iter().any(|x| x.id == i.id) {
+                instances.push(i);
+            }
+        }
+    }
+    let tail = q.tail.unwrap_or(100);
+    let mut lines: Vec<LogLine> = instances
+        .iter()
+        .flat_map(|i| {
+            bora_node::logs::tail(&ctl.node().log_dir(&i.id), tail)
+                .into_iter()
+                .map(|r| log_line(&i.id, r))
+        })
+        .collect();
+    lines.sort_by_key(|l| l.at);
+    let initial: Vec<Bytes> = lines.iter().map(ndjson).collect();
+
+    let content_type = [(header::CONTENT_TYPE, "application/x-ndjson")];
+    if !q.follow {
+        return Ok((content_type, Body::from(initial.concat())).into_response());
+    }
+    let stream = async_stream(ctl, app, service, initial);
+    Ok((content_type, Body::from_stream(stream)).into_response())
+}
+
+/// Initial lines, then new lines of every live instance of the service as
+/// they are written (instances that appear later are picked up too).
+fn async_stream(
+    ctl: Arc<Controller>,
+    app: String,
+    service: String,
+    initial: Vec<Bytes>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    tokio::spawn(async move {
+        for b in initial {
+            if tx.send(b).await.is_err() {
+                return;
+            }
+        }
+        let mut followers: HashMap<String, Follower> = HashMap::new();
+        loop {
+            if let Ok(live) = ctl.store().list_instances(&InstanceFilter {
+                app: Some(&app),
+                service: Some(&service),
+                ..Default::default()
+            }) {
+                for i in live {
+                    followers
+                        .entry(i.id.clone())
+                        .or_insert_with(|| Follower::from_end(&ctl.node().log_dir(&i.id)));
+                }
+            }
+            for (id, f) in followers.iter_mut() {
+                for r in f.poll() {
+                    if tx.send(ndjson(&log_line(id, r))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            if tx.is_closed() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    futures_util::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|b| (Ok(b), rx)) },
+    )
+}

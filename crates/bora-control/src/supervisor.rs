@@ -1,0 +1,385 @@
+//! One task per instance: starts it, checks its health, restarts it when it
+//! fails after having been healthy, and drains and stops it on command.
+//!
+//! Policy: an instance that never became healthy is `failed` (so a broken
+//! deployment fails fast with the reason); one that was healthy and then
+//! exits or fails `restart_limit` checks in a row is restarted in place,
+//! with exponential back-off.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bora_api::{Deployment, HealthCheckSpec, Instance, InstanceState};
+use bora_node::InstanceStatus;
+use bora_node::health::Probe;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep};
+use tracing::Instrument;
+
+use crate::controller::Controller;
+
+/// Orders for a supervisor.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Stop receiving requests, let in-flight ones finish, then stop.
+    Drain(String),
+    /// Stop now.
+    Stop(String),
+}
+
+/// How the supervisor takes over its instance.
+#[derive(Debug, Clone, Copy)]
+pub enum Mode {
+    /// A new instance: start it.
+    Start,
+    /// An instance found running after a server restart.
+    Adopt { ip: IpAddr },
+}
+
+/// Health-check timing, with Bora's defaults for services without a check.
+struct Checks {
+    probe: Option<Probe>,
+    grace: Duration,
+    interval: Duration,
+    timeout: Duration,
+    limit: u32,
+}
+
+impl Checks {
+    fn of(d: &Deployment) -> Self {
+        let default = HealthCheckSpec {
+            http: None,
+            tcp: None,
+            grace_period: bora_api::Duration::from_secs(5),
+            interval: bora_api::Duration::from_secs(10),
+            timeout: bora_api::Duration::from_secs(2),
+            restart_limit: 3,
+        };
+        let hc = d.spec.health_check.as_ref().unwrap_or(&default);
+        Checks {
+            probe: Probe::for_service(
+                d.spec.health_check.as_ref(),
+                d.spec.ports.first().map(|p| p.port),
+            ),
+            grace: hc.grace_period.get(),
+            interval: hc.interval.get(),
+            timeout: hc.timeout.get(),
+            limit: hc.restart_limit.max(1),
+        }
+    }
+
+    /// How long a starting instance has to pass its first check.
+    fn startup_deadline(&self) -> Duration {
+        self.grace + self.interval * self.limit
+    }
+}
+
+enum Outcome {
+    Healthy,
+    Failed(String),
+    Command(Command),
+}
+
+pub(crate) async fn run(
+    ctl: Arc<Controller>,
+    instance: Instance,
+    mode: Mode,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+) {
+    let id = instance.id.clone();
+    let span = tracing::info_span!("instance", instance = %id, app = %instance.app, service = %instance.service);
+    if let Err(e) = supervise(&ctl, instance, mode, &mut rx)
+        .instrument(span)
+        .await
+    {
+        tracing::error!(instance = %id, error = %e, "supervisor");
+        let _ = ctl.node.stop(&id, ctl.config.stop_grace).await;
+        let _ = ctl.transition(&id, InstanceState::Failed, &format!("internal error: {e}"));
+    }
+    ctl.publish_routes();
+}
+
+async fn supervise(
+    ctl: &Arc<Controller>,
+    instance: Instance,
+    mode: Mode,
+    rx: &mut mpsc::UnboundedReceiver<Command>,
+) -> Result<(), crate::ControlError> {
+    let id = instance.id.clone();
+    let d = ctl.store.get_deployment(&instance.deployment)?;
+    let checks = Checks::of(&d);
+    let mut was_healthy = instance.state == InstanceState::Healthy;
+
+    let mut ip = match mode {
+        Mode::Adopt { ip } => {
+            if instance.state == InstanceState::Draining {
+                return finish(ctl, &id, "drained after a server restart", true).await;
+            }
+            ip
+        }
+        Mode::Start => match start(ctl, &d, &id).await {
+            Ok(ip) => ip,
+            Err(reason) => {
+                ctl.transition(&id, InstanceState::Failed, &reason)?;
+                return Ok(());
+            }
+        },
+    };
+
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        if !was_healthy || instance_state(ctl, &id) == Some(InstanceState::Starting) {
+            match wait_healthy(ctl, &id, ip, &checks, rx).await {
+                Outcome::Healthy => {
+                    ctl.transition(&id, InstanceState::Healthy, &describe_pass(&checks))?;
+                    ctl.publish_routes();
+                    was_healthy = true;
+                    backoff = Duration::from_secs(1);
+                }
+                Outcome::Command(cmd) => return obey(ctl, &id, cmd).await,
+                Outcome::Failed(reason) if !was_healthy => {
+                    let _ = ctl.node.stop(&id, Duration::from_secs(1)).await;
+                    ctl.transition(&id, InstanceState::Failed, &reason)?;
+                    return Ok(());
+                }
+                Outcome::Failed(reason) => {
+                    match restart(ctl, &d, &id, &reason, &mut backoff, rx).await? {
+                        Some(new_ip) => ip = new_ip,
+                        None => return Ok(()),
+                    }
+                    continue;
+                }
+            }
+        }
+
+        // Healthy: watch the process and check at the interval.
+        match watch_healthy(ctl, &id, ip, &checks, rx).await {
+            Outcome::Command(cmd) => return obey(ctl, &id, cmd).await,
+            Outcome::Failed(reason) => {
+                match restart(ctl, &d, &id, &reason, &mut backoff, rx).await? {
+                    Some(new_ip) => ip = new_ip,
+                    None => return Ok(()),
+                }
+            }
+            Outcome::Healthy => unreachable!("watch_healthy returns only on failure or command"),
+        }
+    }
+}
+
+fn instance_state(ctl: &Controller, id: &str) -> Option<InstanceState> {
+    ctl.store.get_instance(id).ok().map(|i| i.state)
+}
+
+fn describe_pass(checks: &Checks) -> String {
+    match &checks.probe {
+        Some(Probe::Http { port, path }) => format!("http check GET {path} on port {port} passed"),
+        Some(Probe::Tcp { port }) => format!("tcp check on port {port} passed"),
+        None => "running (no ports to check)".into(),
+    }
+}
+
+/// pending → pulling → starting: loads the pinned image and starts the
+/// container. Returns the instance's address, or why it could not start.
+async fn start(ctl: &Arc<Controller>, d: &Deployment, id: &str) -> Result<IpAddr, String> {
+    let step = |to, reason: &str| ctl.transition(id, to, reason).map_err(|e| e.to_string());
+    step(
+        InstanceState::Pulling,
+        &format!("loading image {}", d.spec.image),
+    )?;
+    let image = ctl.deployment_image(d)?;
+    let spec = ctl.instance_spec(d, id, image)?;
+    let ip = ctl.node.start(&spec).await.map_err(|e| e.to_string())?;
+    ctl.store
+        .set_instance_ip(id, Some(&ip.to_string()))
+        .map_err(|e| e.to_string())?;
+    step(
+        InstanceState::Starting,
+        &format!("container running at {ip}, waiting for its health check"),
+    )?;
+    Ok(ip)
+}
+
+/// Probes tightly until the first pass, the process exits, or the startup
+/// deadline passes.
+async fn wait_healthy(
+    ctl: &Controller,
+    id: &str,
+    ip: IpAddr,
+    checks: &Checks,
+    rx: &mut mpsc::UnboundedReceiver<Command>,
+) -> Outcome {
+    let started = Instant::now();
+    loop {
+        if let Ok(cmd) = rx.try_recv() {
+            return Outcome::Command(cmd);
+        }
+        if let InstanceStatus::Exited(exit) = ctl.node.status(id) {
+            return Outcome::Failed(ctl.node.exit_reason(id, &exit));
+        }
+        if ctl.node.status(id) == InstanceStatus::Lost {
+            return Outcome::Failed("the instance's supervisor process (shim) disappeared".into());
+        }
+        let Some(probe) = &checks.probe else {
+            return Outcome::Healthy;
+        };
+        let last_error = match ctl.prober.check(ip, probe, checks.timeout).await {
+            Ok(()) => return Outcome::Healthy,
+            Err(e) => e,
+        };
+        if started.elapsed() > checks.startup_deadline() {
+            return Outcome::Failed(format!(
+                "never became healthy within {}: {last_error}",
+                humanize(checks.startup_deadline())
+            ));
+        }
+        tokio::select! {
+            cmd = rx.recv() => if let Some(cmd) = cmd { return Outcome::Command(cmd) },
+            _ = sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
+
+/// Watches a healthy instance until it fails or a command comes.
+async fn watch_healthy(
+    ctl: &Controller,
+    id: &str,
+    ip: IpAddr,
+    checks: &Checks,
+    rx: &mut mpsc::UnboundedReceiver<Command>,
+) -> Outcome {
+    let mut failures = 0u32;
+    let mut next_check = Instant::now() + checks.interval;
+    loop {
+        tokio::select! {
+            cmd = rx.recv() => match cmd {
+                Some(cmd) => return Outcome::Command(cmd),
+                None => return Outcome::Command(Command::Stop("the controller went away".into())),
+            },
+            _ = sleep(Duration::from_millis(250)) => {}
+        }
+        match ctl.node.status(id) {
+            InstanceStatus::Exited(exit) => {
+                return Outcome::Failed(ctl.node.exit_reason(id, &exit));
+            }
+            InstanceStatus::Lost => {
+                return Outcome::Failed(
+                    "the instance's supervisor process (shim) disappeared".into(),
+                );
+            }
+            InstanceStatus::Running => {}
+        }
+        if Instant::now() < next_check {
+            continue;
+        }
+        next_check = Instant::now() + checks.interval;
+        let Some(probe) = &checks.probe else { continue };
+        match ctl.prober.check(ip, probe, checks.timeout).await {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                tracing::info!(instance = %id, failures, error = %e, "health check failed");
+                if failures >= checks.limit {
+                    return Outcome::Failed(format!(
+                        "{failures} health checks failed in a row: {e}"
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Restarts a once-healthy instance after `reason`, with back-off. Returns
+/// the new address, or `None` if a command ended the supervisor meanwhile.
+async fn restart(
+    ctl: &Arc<Controller>,
+    d: &Deployment,
+    id: &str,
+    reason: &str,
+    backoff: &mut Duration,
+    rx: &mut mpsc::UnboundedReceiver<Command>,
+) -> Result<Option<IpAddr>, crate::ControlError> {
+    loop {
+        ctl.transition(
+            id,
+            InstanceState::Starting,
+            &format!("restarting: {reason}"),
+        )?;
+        ctl.store
+            .increment_instance_restarts(id, &format!("restart after: {reason}"))?;
+        ctl.publish_routes();
+        let _ = ctl.node.stop(id, ctl.config.stop_grace).await;
+        tokio::select! {
+            cmd = rx.recv() => {
+                let cmd = cmd.unwrap_or(Command::Stop("the controller went away".into()));
+                obey(ctl, id, cmd).await?;
+                return Ok(None);
+            }
+            _ = sleep(*backoff) => {}
+        }
+        *backoff = (*backoff * 2).min(Duration::from_secs(60));
+        let started = async {
+            let image = ctl.deployment_image(d)?;
+            let spec = ctl.instance_spec(d, id, image)?;
+            ctl.node.start(&spec).await.map_err(|e| e.to_string())
+        };
+        match started.await {
+            Ok(ip) => {
+                ctl.store.set_instance_ip(id, Some(&ip.to_string()))?;
+                return Ok(Some(ip));
+            }
+            Err(e) => {
+                tracing::warn!(instance = %id, error = %e, "restart failed");
+                // Try again after the next back-off, recording why.
+                let _ = ctl
+                    .store
+                    .increment_instance_restarts(id, &format!("restart failed: {e}"));
+            }
+        }
+    }
+}
+
+async fn obey(ctl: &Arc<Controller>, id: &str, cmd: Command) -> Result<(), crate::ControlError> {
+    match cmd {
+        Command::Drain(reason) => finish(ctl, id, &reason, true).await,
+        Command::Stop(reason) => finish(ctl, id, &reason, false).await,
+    }
+}
+
+/// draining → stopped: out of the route table, in-flight requests finish
+/// (up to the drain timeout), then SIGTERM, then SIGKILL after the grace.
+async fn finish(
+    ctl: &Arc<Controller>,
+    id: &str,
+    reason: &str,
+    drain: bool,
+) -> Result<(), crate::ControlError> {
+    let state = instance_state(ctl, id);
+    if drain
+        && matches!(
+            state,
+            Some(InstanceState::Healthy | InstanceState::Starting)
+        )
+    {
+        ctl.transition(id, InstanceState::Draining, reason)?;
+    }
+    ctl.publish_routes();
+    if drain {
+        let deadline = Instant::now() + ctl.config.drain_timeout;
+        while ctl.router.in_flight(id) > 0 && Instant::now() < deadline {
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+    ctl.node.stop(id, ctl.config.stop_grace).await?;
+    if !instance_state(ctl, id)
+        .map(|s| s.is_final())
+        .unwrap_or(true)
+    {
+        ctl.transition(id, InstanceState::Stopped, reason)?;
+    }
+    Ok(())
+}
+
+fn humanize(d: Duration) -> String {
+    bora_api::Duration(d).to_string()
+}

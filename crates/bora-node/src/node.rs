@@ -1,0 +1,474 @@
+//! The node agent proper: starts, watches, stops and recovers instances.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use bora_api::{Isolation, Limits};
+use bora_image::{Image, ImageStore};
+use serde::{Deserialize, Serialize};
+use tokio::time::{Instant, sleep};
+
+use crate::bundle::{self, BundlePaths, Process};
+use crate::network::{self, NetworkConfig};
+use crate::runtime::{Runtime, RuntimeBinaries};
+use crate::shim::{self, ExitStatus};
+use crate::{NodeError, logs, rootfs};
+
+/// How the node agent is set up.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's name, recorded on its instances.
+    pub name: String,
+    /// Images, instances and runtime state live under here.
+    pub data_dir: PathBuf,
+    /// The `bora` binary, run as `bora shim` for each instance.
+    pub shim_exe: PathBuf,
+    pub runtimes: RuntimeBinaries,
+    pub network: NetworkConfig,
+    /// Bound on each instance's logs on disk.
+    pub log_max_bytes: u64,
+    /// How long a container may take to reach `running`.
+    pub start_timeout: Duration,
+}
+
+impl NodeConfig {
+    pub fn new(data_dir: impl Into<PathBuf>, shim_exe: impl Into<PathBuf>) -> Self {
+        Self {
+            name: nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "local".into()),
+            data_dir: data_dir.into(),
+            shim_exe: shim_exe.into(),
+            runtimes: RuntimeBinaries::default(),
+            network: NetworkConfig::default(),
+            log_max_bytes: 10 * 1024 * 1024,
+            start_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Everything needed to start one instance.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    pub id: String,
+    pub image: Image,
+    pub command: Option<Vec<String>>,
+    pub args: Option<Vec<String>>,
+    /// The service's environment, secrets already resolved.
+    pub env: Vec<(String, String)>,
+    pub limits: Limits,
+    pub isolation: Isolation,
+    pub hostname: String,
+}
+
+/// What the node knows about an instance it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstanceStatus {
+    /// The shim is alive and the container has not ended.
+    Running,
+    /// The container ended.
+    Exited(ExitStatus),
+    /// Neither running nor a recorded exit: the shim died or was killed.
+    Lost,
+}
+
+/// An instance found on disk when the node starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveredInstance {
+    pub id: String,
+    pub ip: Option<IpAddr>,
+    pub status: InstanceStatus,
+}
+
+/// Written to `instance.json` so a restarted node can clean up after itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct InstanceRecord {
+    id: String,
+    isolation: Isolation,
+    ip: Option<IpAddr>,
+}
+
+/// The node agent. Cheap to share behind an `Arc`.
+pub struct Node {
+    config: NodeConfig,
+    images: ImageStore,
+}
+
+const DESTROYED: &str = "destroyed";
+
+impl Node {
+    pub fn new(config: NodeConfig) -> Result<Self, NodeError> {
+        for dir in [
+            config.data_dir.join("instances"),
+            config.data_dir.join("runtime"),
+        ] {
+            std::fs::create_dir_all(&dir).map_err(|e| NodeError::io(&dir, e))?;
+        }
+        let images = ImageStore::open(config.data_dir.join("images"))?;
+        Ok(Self { config, images })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn images(&self) -> &ImageStore {
+        &self.images
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.config.data_dir.join("instances").join(id)
+    }
+
+    /// Where an instance's logs are (they outlive the instance).
+    pub fn log_dir(&self, id: &str) -> PathBuf {
+        self.dir(id).join("logs")
+    }
+
+    fn runtime(&self, isolation: Isolation) -> Runtime {
+        Runtime::new(
+            isolation,
+            &self.config.runtimes,
+            &self.config.data_dir.join("runtime"),
+        )
+    }
+
+    fn record(&self, id: &str) -> Option<InstanceRecord> {
+        serde_json::from_slice(&std::fs::read(self.dir(id).join("instance.json")).ok()?).ok()
+    }
+
+    fn write_record(&self, record: &InstanceRecord) -> Result<(), NodeError> {
+        let path = self.dir(&record.id).join("instance.json");
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(record).unwrap_or_default())
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| NodeError::io(&path, e))
+    }
+
+    /// Starts an instance and waits until its container runs. Returns its
+    /// address. On failure, whatever was set up is torn down again.
+    pub async fn start(&self, spec: &InstanceSpec) -> Result<IpAddr, NodeError> {
+        match self.try_start(spec).await {
+            Ok(ip) => Ok(ip),
+            Err(e) => {
+                if let Err(cleanup) = self.destroy(&spec.id).await {
+                    tracing::warn!(instance = %spec.id, error = %cleanup, "cleanup after a failed start");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn try_start(&self, spec: &InstanceSpec) -> Result<IpAddr, NodeError> {
+        let id = &spec.id;
+        let dir = self.dir(id);
+        let bundle_dir = dir.join("bundle");
+        let rootfs = bundle_dir.join("rootfs");
+        std::fs::create_dir_all(&bundle_dir).map_err(|e| NodeError::io(&bundle_dir, e))?;
+        let _ = std::fs::remove_file(dir.join(DESTROYED));
+        let _ = std::fs::remove_file(shim::exit_path(&dir));
+        let mut record = InstanceRecord {
+            id: id.clone(),
+            isolation: spec.isolation,
+            ip: None,
+        };
+        self.write_record(&record)?;
+
+        if !rootfs::is_mounted(&rootfs) {
+            rootfs::mount_overlay(
+                &spec.image.layers,
+                &dir.join("upper"),
+                &dir.join("work"),
+                &rootfs,
+            )?;
+        }
+
+        let config = &spec.image.config;
+        let read = |p: &str| std::fs::read_to_string(rootfs.join(p)).ok();
+        let (uid, gid, additional_gids) = bundle::resolve_user(
+            config.user.as_deref().unwrap_or(""),
+            read("etc/passwd").as_deref(),
+            read("etc/group").as_deref(),
+        )
+        .map_err(|detail| NodeError::Start {
+            instance: id.clone(),
+            detail,
+        })?;
+        let args = bundle::process_args(
+            &config.entrypoint,
+            &config.cmd,
+            spec.command.as_deref(),
+            spec.args.as_deref(),
+        );
+        if args.is_empty() {
+            return Err(NodeError::Start {
+                instance: id.clone(),
+                detail: "nothing to run: the image has no entrypoint or command, and the service sets no `command`"
+                    .into(),
+            });
+        }
+        let process = Process {
+            args,
+            env: bundle::merge_env(&config.env, &spec.env),
+            cwd: config
+                .working_dir
+                .clone()
+                .filter(|d| !d.is_empty())
+                .unwrap_or_else(|| "/".into()),
+            uid,
+            gid,
+            additional_gids,
+        };
+
+        let ip = network::attach(&self.config.network, id).await?;
+        record.ip = Some(ip);
+        self.write_record(&record)?;
+
+        let hosts = dir.join("hosts");
+        let resolv = dir.join("resolv.conf");
+        let hostname_file = dir.join("hostname");
+        let write = |path: &Path, contents: String| {
+            std::fs::write(path, contents).map_err(|e| NodeError::io(path, e))
+        };
+        write(
+            &hosts,
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{}\n",
+                spec.hostname
+            ),
+        )?;
+        write(&resolv, host_resolv_conf())?;
+        write(&hostname_file, format!("{}\n", spec.hostname))?;
+        let netns = network::netns_path(id);
+        let config_json = bundle::runtime_config(
+            &process,
+            &spec.hostname,
+            spec.limits,
+            spec.isolation,
+            &format!("/bora/{id}"),
+            &BundlePaths {
+                hosts: &hosts,
+                resolv_conf: &resolv,
+                hostname_file: &hostname_file,
+                netns: &netns,
+            },
+        );
+        write(&bundle_dir.join("config.json"), config_json.to_string())?;
+
+        let runtime = self.runtime(spec.isolation);
+        std::fs::create_dir_all(&runtime.root).map_err(|e| NodeError::io(&runtime.root, e))?;
+        let argv = runtime.run_argv(id, &bundle_dir, &netns);
+        let mut shim = tokio::process::Command::new(&self.config.shim_exe);
+        shim.arg("shim")
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--max-log-bytes")
+            .arg(self.config.log_max_bytes.to_string())
+            .arg("--")
+            .args(&argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = shim
+            .spawn()
+            .map_err(|e| NodeError::io(&self.config.shim_exe, e))?;
+        // Reap the shim when it ends, so it never lingers as a zombie.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+
+        let deadline = Instant::now() + self.config.start_timeout;
+        loop {
+            if let Some(exit) = shim::read_exit(&dir) {
+                return Err(NodeError::Start {
+                    instance: id.clone(),
+                    detail: format!("{}{}", describe_exit(&exit), self.last_output_suffix(id)),
+                });
+            }
+            if runtime.state(id).await?.as_deref() == Some("running") {
+                return Ok(ip);
+            }
+            if Instant::now() > deadline {
+                return Err(NodeError::Start {
+                    instance: id.clone(),
+                    detail: format!(
+                        "the container did not start within {:?}{}",
+                        self.config.start_timeout,
+                        self.last_output_suffix(id)
+                    ),
+                });
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The last lines the instance wrote, as `; last output: …`, or nothing.
+    fn last_output_suffix(&self, id: &str) -> String {
+        let lines: Vec<String> = logs::tail(&self.log_dir(id), 5)
+            .into_iter()
+            .map(|r| r.line)
+            .collect();
+        if lines.is_empty() {
+            String::new()
+        } else {
+            format!("; last output: {}", lines.join(" | "))
+        }
+    }
+
+    /// Why an instance ended, with its last output: for instance reasons.
+    pub fn exit_reason(&self, id: &str, exit: &ExitStatus) -> String {
+        format!("{}{}", describe_exit(exit), self.last_output_suffix(id))
+    }
+
+    /// The instance's status, from the shim's records.
+    pub fn status(&self, id: &str) -> InstanceStatus {
+        let dir = self.dir(id);
+        if let Some(exit) = shim::read_exit(&dir) {
+            return InstanceStatus::Exited(exit);
+        }
+        let pid = std::fs::read_to_string(shim::pid_path(&dir))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        match pid {
+            Some(pid) if process_alive(pid) => InstanceStatus::Running,
+            _ => InstanceStatus::Lost,
+        }
+    }
+
+    /// Stops an instance: SIGTERM, up to `grace` to exit, then SIGKILL; then
+    /// tears down everything it had except its logs.
+    pub async fn stop(&self, id: &str, grace: Duration) -> Result<(), NodeError> {
+        let isolation = self.record(id).map(|r| r.isolation).unwrap_or_default();
+        let runtime = self.runtime(isolation);
+        if self.status(id) == InstanceStatus::Running {
+            if let Err(e) = runtime.kill(id, "TERM").await {
+                tracing::debug!(instance = %id, error = %e, "SIGTERM");
+            }
+            let deadline = Instant::now() + grace;
+            while self.status(id) == InstanceStatus::Running && Instant::now() < deadline {
+                sleep(Duration::from_millis(50)).await;
+            }
+            if self.status(id) == InstanceStatus::Running {
+                let _ = runtime.kill(id, "KILL").await;
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while self.status(id) == InstanceStatus::Running && Instant::now() < deadline {
+                    sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        self.destroy(id).await
+    }
+
+    /// Removes every trace of the instance but its logs: the runtime's
+    /// container, the shim, the rootfs mount, the network. Idempotent.
+    pub async fn destroy(&self, id: &str) -> Result<(), NodeError> {
+        let dir = self.dir(id);
+        let isolation = self.record(id).map(|r| r.isolation).unwrap_or_default();
+        let runtime = self.runtime(isolation);
+        let mut first_error = None;
+        if let Err(e) = runtime.delete(id).await {
+            first_error.get_or_insert(e);
+        }
+        // The shim exits once the runtime does; if it lingers, end it.
+        if let Some(pid) = std::fs::read_to_string(shim::pid_path(&dir))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while process_alive(pid) && Instant::now() < deadline {
+                sleep(Duration::from_millis(20)).await;
+            }
+            if process_alive(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        if let Err(e) = rootfs::unmount(&dir.join("bundle").join("rootfs")) {
+            first_error.get_or_insert(e);
+        }
+        if let Err(e) = network::detach(&self.config.network, id).await {
+            first_error.get_or_insert(e);
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        for sub in ["bundle", "upper", "work"] {
+            let _ = std::fs::remove_dir_all(dir.join(sub));
+        }
+        let _ = std::fs::write(dir.join(DESTROYED), b"");
+        Ok(())
+    }
+
+    /// Deletes what is left of a destroyed instance, logs included.
+    pub fn forget(&self, id: &str) {
+        let dir = self.dir(id);
+        if dir.join(DESTROYED).exists() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    /// The instances this node set up and has not destroyed, as found on
+    /// disk: after a restart, the caller re-adopts the running ones and
+    /// destroys the rest.
+    pub fn recover(&self) -> Vec<RecoveredInstance> {
+        let Ok(entries) = std::fs::read_dir(self.config.data_dir.join("instances")) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if entry.path().join(DESTROYED).exists() {
+                continue;
+            }
+            let ip = self.record(&id).and_then(|r| r.ip);
+            out.push(RecoveredInstance {
+                status: self.status(&id),
+                id,
+                ip,
+            });
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+}
+
+fn describe_exit(exit: &ExitStatus) -> String {
+    match (exit.code, exit.signal) {
+        (Some(code), _) => format!("the process exited with code {code}"),
+        (None, Some(sig)) => format!("the process was killed by signal {sig}"),
+        _ => "the process ended".into(),
+    }
+}
+
+fn process_alive(pid: i32) -> bool {
+    // Signal 0 checks existence; a zombie still "exists", so check its state.
+    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// The host's resolver configuration, usable from a network namespace:
+/// a local stub resolver (127.0.0.53) cannot be reached from there, so prefer
+/// systemd-resolved's upstream list when it exists.
+fn host_resolv_conf() -> String {
+    for path in ["/run/systemd/resolve/resolv.conf", "/etc/resolv.conf"] {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if !s.contains("nameserver 127.") {
+                return s;
+            }
+        }
+    }
+    "nameserver 1.1.1.1\n".into()
+}

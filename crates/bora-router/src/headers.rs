@@ -1,0 +1,245 @@
+//! Header rewriting between the client and the instance.
+//!
+//! - Hop-by-hop headers (RFC 9110 §7.6.1) describe one connection, not the
+//!   message, so they are dropped in both directions; `Connection: upgrade`
+//!   and `Upgrade` survive only on an upgrade exchange.
+//! - The instance learns who called through `X-Forwarded-For`,
+//!   `X-Forwarded-Proto` and `X-Forwarded-Host`; the `Host` header is kept.
+//! - Every request carries an `X-Request-Id`, kept from the client when it is
+//!   a sane token, generated otherwise, and echoed on the response.
+
+use std::net::IpAddr;
+
+use http::HeaderMap;
+use http::header::{CONNECTION, HOST, HeaderName, HeaderValue, UPGRADE};
+
+/// `X-Request-Id`.
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `X-Forwarded-For`.
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`.
+pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Hop-by-hop headers that are dropped whatever `Connection` lists.
+const HOP_BY_HOP: [&str; 6] = [
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "connection",
+];
+
+/// The longest client-supplied request ID the router keeps.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Does the request ask to switch protocols (`Connection: upgrade` plus an
+/// `Upgrade` header)?
+pub(crate) fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE) && connection_has_token(headers, "upgrade")
+}
+
+/// Does any `Connection` header list `token` (case-insensitive)?
+fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
+    connection_tokens(headers).any(|listed| listed.eq_ignore_ascii_case(token))
+}
+
+/// The header names listed in every `Connection` header.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+}
+
+/// Removes hop-by-hop headers. With `keep_upgrade`, the message keeps
+/// `Upgrade` and gets `Connection: upgrade`, as an upgrade exchange needs.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let listed: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+        .collect();
+    let upgrade: Vec<HeaderValue> = if keep_upgrade {
+        headers.get_all(UPGRADE).iter().cloned().collect()
+    } else {
+        Vec::new()
+    };
+
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    let proxy_headers: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for name in proxy_headers {
+        headers.remove(name);
+    }
+
+    if keep_upgrade && !upgrade.is_empty() {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        for value in upgrade {
+            headers.append(UPGRADE, value);
+        }
+    }
+}
+
+/// Adds the `X-Forwarded-*` headers for a request from `client_ip` that
+/// named `original_host`, and makes sure `Host` is set to it.
+pub(crate) fn add_forwarding(headers: &mut HeaderMap, client_ip: IpAddr, original_host: &str) {
+    // Append to the chain the client (or a proxy in front of us) sent.
+    let previous: Vec<&str> = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+        .collect();
+    let chain = if previous.is_empty() {
+        client_ip.to_string()
+    } else {
+        format!("{}, {client_ip}", previous.join(", "))
+    };
+    if let Ok(value) = HeaderValue::try_from(chain) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    if let Ok(host) = HeaderValue::try_from(original_host) {
+        headers.insert(X_FORWARDED_HOST, host.clone());
+        // HTTP/1.0 clients may name the host only in the request line.
+        headers.entry(HOST).or_insert(host);
+    }
+}
+
+/// The request's ID: the client's `X-Request-Id` if it is a sane token,
+/// a fresh UUID otherwise.
+pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
+    headers
+        .get(X_REQUEST_ID)
+        .filter(|value| is_sane_request_id(value.as_bytes()))
+        .cloned()
+        .unwrap_or_else(|| {
+            let id = uuid::Uuid::new_v4().hyphenated().to_string();
+            HeaderValue::try_from(id).expect("a UUID is a valid header value")
+        })
+}
+
+/// 1 to 128 characters from `A-Z a-z 0-9 - _ . : + / =` (UUIDs, ULIDs,
+/// hex, base64 and trace IDs all fit).
+fn is_sane_request_id(id: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID_LEN).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:+/=".contains(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_listed_headers() {
+        let mut headers = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authorization", "basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("content-type", "text/plain"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut headers, false);
+        let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-type", "x-kept"]);
+    }
+
+    #[test]
+    fn keeps_upgrade_when_upgrading() {
+        let mut headers = map(&[
+            ("connection", "Upgrade, x-secret"),
+            ("x-secret", "1"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "abc"),
+        ]);
+        assert!(is_upgrade_request(&headers));
+        strip_hop_by_hop(&mut headers, true);
+        assert_eq!(headers[CONNECTION], "upgrade");
+        assert_eq!(headers[UPGRADE], "websocket");
+        assert_eq!(headers["sec-websocket-key"], "abc");
+        assert!(!headers.contains_key("x-secret"));
+    }
+
+    #[test]
+    fn upgrade_needs_both_headers() {
+        assert!(!is_upgrade_request(&map(&[("upgrade", "websocket")])));
+        assert!(!is_upgrade_request(&map(&[("connection", "upgrade")])));
+        assert!(is_upgrade_request(&map(&[
+            ("connection", "keep-alive"),
+            ("connection", "UPGRADE"),
+            ("upgrade", "h2c"),
+        ])));
+    }
+
+    #[test]
+    fn forwarding_headers_append_and_set() {
+        let mut headers = map(&[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-proto", "https"),
+            ("host", "web.hello.localhost:8080"),
+        ]);
+        add_forwarding(
+            &mut headers,
+            "127.0.0.1".parse().unwrap(),
+            "web.hello.localhost:8080",
+        );
+        assert_eq!(headers[X_FORWARDED_FOR], "203.0.113.7, 127.0.0.1");
+        assert_eq!(headers[X_FORWARDED_PROTO], "http");
+        assert_eq!(headers[X_FORWARDED_HOST], "web.hello.localhost:8080");
+        assert_eq!(headers[HOST], "web.hello.localhost:8080");
+
+        let mut bare = HeaderMap::new();
+        add_forwarding(&mut bare, "::1".parse().unwrap(), "web.hello.localhost");
+        assert_eq!(bare[X_FORWARDED_FOR], "::1");
+        assert_eq!(bare[HOST], "web.hello.localhost");
+    }
+
+    #[test]
+    fn request_ids_are_kept_when_sane() {
+        let kept = request_id(&map(&[("x-request-id", "abc-123_x.y")]));
+        assert_eq!(kept, "abc-123_x.y");
+
+        for insane in ["", "has space", "quote\"", &"x".repeat(129)] {
+            let mut headers = HeaderMap::new();
+            if let Ok(value) = HeaderValue::from_str(insane) {
+                headers.insert(X_REQUEST_ID, value);
+            }
+            let id = request_id(&headers);
+            assert_ne!(id, insane);
+            assert!(uuid::Uuid::parse_str(id.to_str().unwrap()).is_ok());
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! One proxied request, start to finish:
+//!
+//! 1. **route**: `Host` → service, path → port (404 if either is unknown);
+//! 2. **pick**: least-loaded healthy instance (503 if there is none);
+//! 3. **forward**: rewrite headers, stream the body to `instance_ip:port`,
+//!    wait for response headers (504 past the timeout, 502 if it breaks);
+//!    a failed *connect* is retried once on another instance;
+//! 4. **respond**: stream the instance's response back, or splice the two
+//!    connections after a `101 Switching Protocols`.
+//!
+//! Failures travel as [`ProxyError`] to [`error_response`].
+
+use std::error::Error as StdError;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::HOST;
+use http::header::HeaderValue;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use tracing::Instrument;
+
+use crate::body::{BodySlot, ProxyBody};
+use crate::error::{ErrorKind, ProxyError, Upstream, error_response};
+use crate::headers::{self, X_REQUEST_ID};
+use crate::hooks::{Phase, RequestScope};
+use crate::server::ServeTasks;
+use crate::table::{CompiledService, normalize_host};
+use crate::{Router, upgrade};
+
+impl Router {
+    /// Answers one client request. Never fails: errors become responses.
+    pub(crate) async fn handle(
+        &self,
+        request: Request<Incoming>,
+        client: SocketAddr,
+        tasks: &ServeTasks,
+    ) -> Response<ProxyBody> {
+        let request_id = headers::request_id(request.headers());
+        let span = tracing::info_span!(
+            "request",
+            request_id = request_id.to_str().unwrap_or("-"),
+            app = tracing::field::Empty,
+            service = tracing::field::Empty,
+            instance = tracing::field::Empty,
+        );
+        let mut scope = RequestScope::new(request_id.clone(), self.hooks.clone());
+        async {
+            match self
+                .forward(request, &request_id, client, tasks, &mut scope)
+                .await
+            {
+                Ok(mut response) => {
+                    response.headers_mut().insert(X_REQUEST_ID, request_id);
+                    response
+                }
+                Err(error) => {
+                    // The instance is done with this request.
+                    scope.set_lease(None);
+                    scope.update(|info| info.status = Some(error.status()));
+                    scope.phase(Phase::Failed { error: &error });
+                    error_response(&error, &request_id, scope.take())
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Routes and forwards `request`. On success the scope has moved into
+    /// the response body (or the upgraded tunnel).
+    async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        request_id: &HeaderValue,
+        client: SocketAddr,
+        tasks: &ServeTasks,
+        scope: &mut RequestScope,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        // 1. Route.
+        if request.method() == Method::CONNECT || !request.uri().path().starts_with('/') {
+            return Err(ErrorKind::BadRequest(
+                "the router forwards only requests for a path (no CONNECT, no `*`)".into(),
+            )
+            .into());
+        }
+        let host = original_host(&request).ok_or(ErrorKind::MissingHost)?;
+        let service = self.route(&host)?;
+        let span = tracing::Span::current();
+        span.record("app", &*service.app);
+        span.record("service", &*service.service);
+        scope.update(|info| {
+            info.app = Some(service.app.clone());
+            info.service = Some(service.service.clone());
+        });
+        let port = service
+            .port_for(request.uri().path())
+            .ok_or_else(|| ErrorKind::NoRoute {
+                app: service.app.clone(),
+                service: service.service.clone(),
+                path: request.uri().path().to_owned(),
+            })?;
+        if service.backends.is_empty() {
+            return Err(no_healthy_instance(&service));
+        }
+        scope.phase(Phase::Routed);
+
+        // 2. Prepare what the instance receives.
+        let upgrading = headers::is_upgrade_request(request.headers());
+        let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut request));
+        let (parts, body) = request.into_parts();
+        let mut request_headers = parts.headers;
+        headers::strip_hop_by_hop(&mut request_headers, upgrading);
+        headers::add_forwarding(&mut request_headers, client.ip().to_canonical(), &host);
+        request_headers.insert(X_REQUEST_ID, request_id.clone());
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |path_and_query| path_and_query.as_str());
+        let body = BodySlot::new(body);
+
+        // 3. Pick an instance and send; retry once if the connect fails.
+        let mut failed: Option<usize> = None;
+        let (mut response, upstream) = loop {
+            let (index, lease) = service
+                .pick(failed.as_slice())
+                .ok_or_else(|| no_healthy_instance(&service))?;
+            let backend = &service.backends[index];
+            let upstream = Box::new(Upstream {
+                app: service.app.clone(),
+                service: service.service.clone(),
+                instance_id: backend.instance_id.clone(),
+                addr: SocketAddr::new(backend.ip, port),
+            });
+            span.record("instance", &*upstream.instance_id);
+            scope.set_lease(Some(lease));
+            scope.update(|info| info.instance_id = Some(upstream.instance_id.clone()));
+            scope.phase(Phase::Forwarding);
+
+            let may_retry = failed.is_none() && service.backends.len() > 1;
+            let attempt_headers = if may_retry {
+                request_headers.clone()
+            } else {
+                std::mem::take(&mut request_headers)
+            };
+            let mut attempt = Request::new(body.body());
+            *attempt.method_mut() = parts.method.clone();
+            *attempt.uri_mut() = upstream_uri(&upstream, path_and_query)?;
+            *attempt.version_mut() = Version::HTTP_11;
+            *attempt.headers_mut() = attempt_headers;
+
+            let timeout = self.config.upstream_header_timeout;
+            match tokio::time::timeout(timeout, self.client.request(attempt)).await {
+                Ok(Ok(response)) => break (response, upstream),
+                Ok(Err(error)) if error.is_connect() => {
+                    let error = connect_error(error, upstream, self.config.connect_timeout);
+                    if error.retryable && may_retry && body.is_untouched() {
+                        tracing::debug!(%error, "connect failed; trying another instance");
+                        failed = Some(index);
+                        continue;
+                    }
+                    return Err(error);
+                }
+                Ok(Err(error)) => return Err(upstream_failed(error, upstream)),
+                Err(_elapsed) => {
+                    return Err(ErrorKind::UpstreamTimeout { upstream, timeout }.into());
+                }
+            }
+        };
+        scope.update(|info| info.status = Some(response.status()));
+        scope.phase(Phase::ResponseHeaders);
+
+        // 4. Respond.
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client_upgrade) = client_upgrade else {
+                return Err(ErrorKind::UpstreamFailed {
+                    upstream,
+                    reason: "switched protocols although the request asked for no upgrade".into(),
+                    cause: None,
+                }
+                .into());
+            };
+            let instance_upgrade = hyper::upgrade::on(&mut response);
+            headers::strip_hop_by_hop(response.headers_mut(), true);
+            tasks.tracker.spawn(
+                upgrade::splice(
+                    client_upgrade,
+                    instance_upgrade,
+                    scope.take(),
+                    tasks.stop.clone(),
+                )
+                .in_current_span(),
+            );
+            let (parts, _empty) = response.into_parts();
+            return Ok(Response::from_parts(parts, ProxyBody::empty()));
+        }
+        headers::strip_hop_by_hop(response.headers_mut(), false);
+        Ok(response.map(|body| ProxyBody::upstream(body, scope.take())))
+    }
+
+    /// The service serving `host`, from the current table.
+    fn route(&self, host: &str) -> Result<Arc<CompiledService>, ProxyError> {
+        let lookup = normalize_host(host);
+        let table = self.table.load();
+        table
+            .service(&lookup)
+            .cloned()
+            .ok_or_else(|| ErrorKind::UnknownHost { host: lookup }.into())
+    }
+}
+
+/// The host the client asked for: the `Host` header, or the authority of an
+/// absolute-form request line.
+fn original_host<B>(request: &Request<B>) -> Option<String> {
+    let from_header = request
+        .headers()
+        .get(HOST)
+        .and_then(|value| value.to_str().ok());
+    from_header
+        .or_else(|| {
+            request
+                .uri()
+                .authority()
+                .map(|authority| authority.as_str())
+        })
+        .map(str::trim)
+        .filter(|host| !host.is_empty())
+        .map(str::to_owned)
+}
+
+fn no_healthy_instance(service: &CompiledService) -> ProxyError {
+    ErrorKind::NoHealthyInstance {
+        app: service.app.clone(),
+        service: service.service.clone(),
+    }
+    .into()
+}
+
+/// `http://<instance addr><path and query>`.
+fn upstream_uri(upstream: &Upstream, path_and_query: &str) -> Result<Uri, ProxyError> {
+    let uri = format!("http://{}{path_and_query}", upstream.addr);
+    Uri::try_from(uri).map_err(|error| {
+        ErrorKind::Internal(format!("cannot build the upstream URI: {error}")).into()
+    })
+}
+
+/// Classifies a failed connect: timed out (504) or refused/unreachable (502).
+fn connect_error(
+    error: hyper_util::client::legacy::Error,
+    upstream: Box<Upstream>,
+    timeout: std::time::Duration,
+) -> ProxyError {
+    let io_kind = find_cause::<io::Error>(&error).map(io::Error::kind);
+    if io_kind == Some(io::ErrorKind::TimedOut) {
+        return ErrorKind::ConnectTimeout { upstream, timeout }.into();
+    }
+    ErrorKind::ConnectFailed {
+        upstream,
+        reason: describe(&error),
+        cause: Box::new(error),
+    }
+    .into()
+}
+
+/// A failure after the request started: never retried.
+fn upstream_failed(
+    error: hyper_util::client::legacy::Error,
+    upstream: Box<Upstream>,
+) -> ProxyError {
+    ErrorKind::UpstreamFailed {
+        upstream,
+        reason: describe(&error),
+        cause: Some(Box::new(error)),
+    }
+    .into()
+}
+
+/// A short, lower-case reason for an upstream failure.
+fn describe(error: &(dyn StdError + 'static)) -> String {
+    if let Some(hyper_error) = find_cause::<hyper::Error>(error) {
+        if hyper_error.is_parse() || hyper_error.is_parse_status() {
+            return "sent a malformed response".into();
+        }
+        if hyper_error.is_incomplete_message() {
+            return "closed the connection before a complete response".into();
+        }
+    }
+    if let Some(io_error) = find_cause::<io::Error>(error) {
+        let reason = match io_error.kind() {
+            io::ErrorKind::ConnectionRefused => "connection refused",
+            io::ErrorKind::ConnectionReset => "connection reset",
+            io::ErrorKind::ConnectionAborted => "connection aborted",
+            io::ErrorKind::BrokenPipe => "connection closed while sending",
+            io::ErrorKind::UnexpectedEof => "connection closed",
+            io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
+                "address unreachable"
+            }
+            io::ErrorKind::AddrNotAvailable => "address not available",
+            _ => return io_error.to_string(),
+        };
+        return reason.into();
+    }
+    innermost(error).to_string()
+}
+
+/// The first error of type `E` in `error`'s source chain (itself included).
+fn find_cause<'a, E: StdError + 'static>(error: &'a (dyn StdError + 'static)) -> Option<&'a E> {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(found) = error.downcast_ref::<E>() {
+            return Some(found);
+        }
+        current = error.source();
+    }
+    None
+}
+
+/// The last error of `error`'s source chain.
+fn innermost<'a>(error: &'a (dyn StdError + 'static)) -> &'a (dyn StdError + 'static) {
+    let mut current = error;
+    while let Some(source) = current.source() {
+        current = source;
+    }
+    current
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_comes_from_header_or_request_line() {
+        let request = Request::builder()
+            .uri("/x")
+            .header(HOST, "web.hello.localhost:8080")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            original_host(&request).as_deref(),
+            Some("web.hello.localhost:8080")
+        );
+        let absolute = Request::builder()
+            .uri("http://web.hello.localhost/x")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            original_host(&absolute).as_deref(),
+            Some("web.hello.localhost")
+        );
+        let none = Request::builder().uri("/x").body(()).unwrap();
+        assert_eq!(original_host(&none), None);
+    }
+
+    #[test]
+    fn io_causes_are_described_briefly() {
+        #[derive(Debug)]
+        struct Wrapper(io::Error);
+        impl std::fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("tcp connect error")
+            }
+        }
+        impl StdError for Wrapper {
+            fn source(&self) -> Option<&(dyn StdError + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let refused = Wrapper(io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert_eq!(describe(&refused), "connection refused");
+        let odd = Wrapper(io::Error::other("odd"));
+        assert_eq!(describe(&odd), "odd");
+    }
+
+    #[test]
+    fn upstream_uris_bracket_ipv6() {
+        let mut upstream = Upstream {
+            app: "a".into(),
+            service: "s".into(),
+            instance_id: "i".into(),
+            addr: "[::1]:8000".parse().unwrap(),
+        };
+        assert_eq!(
+            upstream_uri(&upstream, "/x?y=1").unwrap().to_string(),
+            "http://[::1]:8000/x?y=1"
+        );
+        upstream.addr = "127.0.0.2:80".parse().unwrap();
+        assert_eq!(
+            upstream_uri(&upstream, "/").unwrap().to_string(),
+            "http://127.0.0.2:80/"
+        );
+    }
+}

@@ -1,0 +1,389 @@
+//! The route table: what the control plane hands the router, and the compiled,
+//! read-optimised form the proxy looks requests up in.
+//!
+//! The control plane builds a [`RouteTable`] (plain data, cheap to construct
+//! in tests) and calls `Router::set_table`. The router compiles it once into a
+//! `CompiledTable`: a host → service index, routes sorted longest prefix
+//! first, and one shared in-flight counter per instance. Requests then only
+//! ever read a compiled table through an `Arc`, so a swap never blocks them.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::balance::Balancer;
+
+/// Everything the router may send traffic to: one entry per routed service.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteTable {
+    /// The routed services. A service (app + service name) should appear at
+    /// most once; if it appears twice, the first entry wins.
+    pub services: Vec<ServiceRoutes>,
+}
+
+/// The routes and healthy instances of one service.
+///
+/// The service is reachable at `<service>.<app>.<domain>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceRoutes {
+    /// Name of the app the service belongs to.
+    pub app: String,
+    /// Name of the service.
+    pub service: String,
+    /// Path prefixes and the instance port each one goes to.
+    pub routes: Vec<Route>,
+    /// Healthy instances that may receive new requests. Draining instances
+    /// must not be listed: requests already at them finish regardless.
+    pub backends: Vec<Backend>,
+}
+
+/// One path prefix of a service and the instance port that serves it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// A path prefix matched on segment boundaries: `/api` matches `/api`
+    /// and `/api/x` but not `/apix`; `/` matches every path.
+    pub path_prefix: String,
+    /// The port on the instance that serves this prefix.
+    pub port: u16,
+}
+
+/// One healthy instance of a service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// The instance's ID, as `Router::in_flight` takes it.
+    pub instance_id: String,
+    /// The address the instance listens on.
+    pub ip: IpAddr,
+}
+
+/// Counts the requests currently at each instance, across table versions.
+///
+/// A counter lives as long as a table or a request references it, so
+/// `in_flight` keeps answering for an instance that was just removed from the
+/// table while its last requests finish (that is how draining works).
+#[derive(Debug, Default)]
+pub(crate) struct InFlightRegistry {
+    counters: Mutex<HashMap<Arc<str>, Arc<AtomicUsize>>>,
+}
+
+impl InFlightRegistry {
+    /// The counter of `instance_id`, created at zero if there is none.
+    fn counter(&self, instance_id: &str) -> (Arc<str>, Arc<AtomicUsize>) {
+        let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((id, counter)) = counters.get_key_value(instance_id) {
+            return (id.clone(), counter.clone());
+        }
+        let id: Arc<str> = Arc::from(instance_id);
+        let counter = Arc::new(AtomicUsize::new(0));
+        counters.insert(id.clone(), counter.clone());
+        (id, counter)
+    }
+
+    /// Requests currently at `instance_id` (0 for an unknown instance).
+    pub(crate) fn get(&self, instance_id: &str) -> usize {
+        let counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        counters
+            .get(instance_id)
+            .map_or(0, |counter| counter.load(Ordering::Acquire))
+    }
+
+    /// Forgets counters that no table and no request references any more.
+    pub(crate) fn prune(&self) {
+        let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        // Only the registry holds the Arc: no table lists the instance and no
+        // lease points at it, so the count is 0 and nothing can raise it.
+        counters.retain(|_, counter| Arc::strong_count(counter) > 1);
+    }
+}
+
+/// A route table compiled for lookups.
+#[derive(Debug, Default)]
+pub(crate) struct CompiledTable {
+    /// `<service>.<app>.<domain>`, lower-case, → service.
+    by_host: HashMap<String, Arc<CompiledService>>,
+}
+
+impl CompiledTable {
+    /// Compiles `table` for `domain`, sharing in-flight counters through
+    /// `registry`.
+    pub(crate) fn compile(table: RouteTable, domain: &str, registry: &InFlightRegistry) -> Self {
+        let domain = normalize_domain(domain);
+        let mut by_host = HashMap::with_capacity(table.services.len());
+        for service in table.services {
+            let host = service_host(&service.service, &service.app, &domain);
+            if by_host.contains_key(&host) {
+                tracing::warn!(%host, "route table lists a service twice; keeping the first entry");
+                continue;
+            }
+            by_host.insert(host, Arc::new(CompiledService::compile(service, registry)));
+        }
+        Self { by_host }
+    }
+
+    /// The service serving `host` (already normalised by [`normalize_host`]).
+    pub(crate) fn service(&self, host: &str) -> Option<&Arc<CompiledService>> {
+        self.by_host.get(host)
+    }
+}
+
+/// One service, compiled.
+#[derive(Debug)]
+pub(crate) struct CompiledService {
+    pub(crate) app: Arc<str>,
+    pub(crate) service: Arc<str>,
+    /// Normalised prefixes, longest first.
+    routes: Vec<Route>,
+    pub(crate) backends: Vec<CompiledBackend>,
+    /// Load-balancing state; the lock also makes "pick + count" atomic so
+    /// concurrent requests see each other's choices.
+    balancer: Mutex<Balancer>,
+}
+
+/// One instance of a compiled service.
+#[derive(Debug)]
+pub(crate) struct CompiledBackend {
+    pub(crate) instance_id: Arc<str>,
+    pub(crate) ip: IpAddr,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl CompiledService {
+    fn compile(service: ServiceRoutes, registry: &InFlightRegistry) -> Self {
+        let mut routes: Vec<Route> = service
+            .routes
+            .into_iter()
+            .map(|route| Route {
+                path_prefix: normalize_prefix(&route.path_prefix),
+                port: route.port,
+            })
+            .collect();
+        // Longest prefix first; the stable sort keeps the table's order among
+        // equal prefixes, so the first one listed wins.
+        routes.sort_by_key(|route| std::cmp::Reverse(route.path_prefix.len()));
+        let backends = service
+            .backends
+            .into_iter()
+            .map(|backend| {
+                let (instance_id, in_flight) = registry.counter(&backend.instance_id);
+                CompiledBackend {
+                    instance_id,
+                    ip: backend.ip,
+                    in_flight,
+                }
+            })
+            .collect();
+        Self {
+            app: Arc::from(service.app),
+            service: Arc::from(service.service),
+            routes,
+            backends,
+            balancer: Mutex::new(Balancer::default()),
+        }
+    }
+
+    /// The port of the longest route prefix matching `path`.
+    pub(crate) fn port_for(&self, path: &str) -> Option<u16> {
+        self.routes
+            .iter()
+            .find(|route| prefix_matches(&route.path_prefix, path))
+            .map(|route| route.port)
+    }
+
+    /// Picks a backend (least outstanding requests, ties round-robin),
+    /// skipping the indices in `excluded`, and counts a request at it.
+    pub(crate) fn pick(&self, excluded: &[usize]) -> Option<(usize, Lease)> {
+        let mut balancer = self.balancer.lock().unwrap_or_else(PoisonError::into_inner);
+        let index = balancer.pick_by(
+            self.backends.len(),
+            |index| self.backends[index].in_flight.load(Ordering::Acquire),
+            excluded,
+        )?;
+        let lease = Lease::acquire(self.backends[index].in_flight.clone());
+        Some((index, lease))
+    }
+}
+
+/// One request (or upgraded connection) counted at an instance; the count
+/// goes back down when the lease is dropped, whatever the path out.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    counter: Arc<AtomicUsize>,
+}
+
+impl Lease {
+    fn acquire(counter: Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Self { counter }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The host name of a service: `<service>.<app>.<domain>`, lower-case.
+fn service_host(service: &str, app: &str, domain: &str) -> String {
+    format!("{service}.{app}.{domain}").to_ascii_lowercase()
+}
+
+/// Lower-case, without surrounding dots.
+fn normalize_domain(domain: &str) -> String {
+    domain.trim_matches('.').to_ascii_lowercase()
+}
+
+/// The host part of a `Host` header value: port stripped, lower-case,
+/// without a trailing dot. IPv6 literals keep their brackets.
+pub(crate) fn normalize_host(host: &str) -> String {
+    let host = host.trim();
+    let name = if host.starts_with('[') {
+        // `[::1]:8080` → `[::1]`
+        host.find(']').map_or(host, |end| &host[..=end])
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _port)| name)
+    };
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// `/api/` → `/api`, `api` → `/api`, `` and `/` → `/`.
+fn normalize_prefix(prefix: &str) -> String {
+    let trimmed = prefix.trim().trim_matches('/');
+    format!("/{trimmed}")
+}
+
+/// Does the normalised `prefix` match `path` on a segment boundary?
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(routes: &[(&str, u16)], backends: &[&str]) -> ServiceRoutes {
+        ServiceRoutes {
+            app: "hello".into(),
+            service: "web".into(),
+            routes: routes
+                .iter()
+                .map(|(prefix, port)| Route {
+                    path_prefix: (*prefix).into(),
+                    port: *port,
+                })
+                .collect(),
+            backends: backends
+                .iter()
+                .enumerate()
+                .map(|(i, id)| Backend {
+                    instance_id: (*id).into(),
+                    ip: IpAddr::from([127, 0, 0, 2 + i as u8]),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn hosts_are_normalised() {
+        assert_eq!(
+            normalize_host("Web.Hello.Localhost:8080"),
+            "web.hello.localhost"
+        );
+        assert_eq!(
+            normalize_host("web.hello.localhost."),
+            "web.hello.localhost"
+        );
+        assert_eq!(normalize_host("[::1]:8080"), "[::1]");
+        assert_eq!(normalize_host("web.hello.localhost"), "web.hello.localhost");
+    }
+
+    #[test]
+    fn prefixes_match_on_segment_boundaries() {
+        assert!(prefix_matches("/api", "/api"));
+        assert!(prefix_matches("/api", "/api/"));
+        assert!(prefix_matches("/api", "/api/x"));
+        assert!(!prefix_matches("/api", "/apix"));
+        assert!(!prefix_matches("/api", "/"));
+        assert!(prefix_matches("/", "/anything"));
+        assert_eq!(normalize_prefix("/api/"), "/api");
+        assert_eq!(normalize_prefix("api"), "/api");
+        assert_eq!(normalize_prefix(""), "/");
+        assert_eq!(normalize_prefix("/"), "/");
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let registry = InFlightRegistry::default();
+        let svc = CompiledService::compile(
+            service(&[("/", 1), ("/api/v2", 3), ("/api", 2)], &[]),
+            &registry,
+        );
+        assert_eq!(svc.port_for("/"), Some(1));
+        assert_eq!(svc.port_for("/apix"), Some(1));
+        assert_eq!(svc.port_for("/api"), Some(2));
+        assert_eq!(svc.port_for("/api/v1"), Some(2));
+        assert_eq!(svc.port_for("/api/v2/x"), Some(3));
+
+        let no_root = CompiledService::compile(service(&[("/api", 2)], &[]), &registry);
+        assert_eq!(no_root.port_for("/other"), None);
+    }
+
+    #[test]
+    fn table_indexes_hosts_case_insensitively() {
+        let registry = InFlightRegistry::default();
+        let mut svc = service(&[("/", 80)], &["a"]);
+        svc.service = "Web".into();
+        let table = CompiledTable::compile(
+            RouteTable {
+                services: vec![svc],
+            },
+            ".LocalHost",
+            &registry,
+        );
+        assert!(table.service("web.hello.localhost").is_some());
+        assert!(table.service("api.hello.localhost").is_none());
+    }
+
+    #[test]
+    fn counters_outlive_tables_while_leased_and_are_pruned_after() {
+        let registry = InFlightRegistry::default();
+        let table = CompiledTable::compile(
+            RouteTable {
+                services: vec![service(&[("/", 80)], &["a", "b"])],
+            },
+            "localhost",
+            &registry,
+        );
+        let svc = table.service("web.hello.localhost").unwrap().clone();
+        let (first, lease) = svc.pick(&[]).unwrap();
+        let id = svc.backends[first].instance_id.clone();
+        assert_eq!(registry.get(&id), 1);
+
+        drop((table, svc));
+        registry.prune();
+        assert_eq!(registry.get(&id), 1, "a leased counter survives the table");
+        drop(lease);
+        assert_eq!(registry.get(&id), 0);
+        registry.prune();
+        assert!(registry.counters.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn pick_counts_and_spreads() {
+        let registry = InFlightRegistry::default();
+        let svc = CompiledService::compile(service(&[("/", 80)], &["a", "b"]), &registry);
+        let (i, _l1) = svc.pick(&[]).unwrap();
+        let (j, _l2) = svc.pick(&[]).unwrap();
+        assert_ne!(i, j, "the second pick goes to the idle backend");
+        assert_eq!(registry.get("a"), 1);
+        assert_eq!(registry.get("b"), 1);
+        assert!(svc.pick(&[0, 1]).is_none());
+    }
+}

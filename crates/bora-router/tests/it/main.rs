@@ -1,0 +1,10 @@
+//! Integration tests: real TCP on loopback, upstreams on 127.0.0.2 and up.
+
+mod harness;
+
+mod errors;
+mod headers;
+mod lifecycle;
+mod routing;
+mod streaming;
+mod upgrade;
