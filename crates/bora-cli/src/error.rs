@@ -111,10 +111,11 @@ pub enum CliError {
         source: std::io::Error,
     },
 
-    /// `bora.yaml` is invalid; the text is the manifest parser's
-    /// compiler-style report (file:line:column, what, and how to fix).
-    #[error("{rendered}")]
-    Manifest { rendered: String },
+    /// `bora.yaml` is invalid. Shown as the manifest parser's compiler-style
+    /// report (file:line:column, what, and how to fix), without its first
+    /// `error: `, which the binary's `error: ` prefix puts back.
+    #[error("{}", manifest_report(.0))]
+    Manifest(bora_manifest::ManifestErrors),
 
     /// Reading standard input failed.
     #[error("cannot read the secret's value from standard input: {0}")]
@@ -202,6 +203,14 @@ impl CliError {
     /// which is no error for the user.
     pub fn is_broken_pipe(&self) -> bool {
         matches!(self, CliError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+}
+
+fn manifest_report(errors: &bora_manifest::ManifestErrors) -> String {
+    let report = errors.to_string();
+    match report.strip_prefix("error: ") {
+        Some(rest) => rest.to_string(),
+        None => report,
     }
 }
 

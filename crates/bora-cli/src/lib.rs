@@ -77,12 +77,12 @@ pub struct GlobalOpts {
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
 
-    /// The Bora API's URL (e.g. https://bora.example.com); without it, the
-    /// local server is found through its data dir.
+    /// The Bora API's base URL; without it, the local server is found
+    /// through --data-dir.
     #[arg(long, global = true, env = "BORA_URL", value_name = "URL")]
     pub url: Option<String>,
 
-    /// The API token; required with --url, else read from <data-dir>/admin.token.
+    /// The API token; required with --url, else read from DIR/admin.token.
     #[arg(
         long,
         global = true,
@@ -175,6 +175,25 @@ mod tests {
     #[test]
     fn the_parser_is_well_formed() {
         ClientArgs::command().debug_assert();
+    }
+
+    #[test]
+    fn timeout_needs_wait() {
+        let err = ClientArgs::try_parse_from(["bora", "deploy", "--timeout", "5m"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        let args =
+            ClientArgs::try_parse_from(["bora", "deploy", "--wait", "--timeout", "5m"]).unwrap();
+        let ClientCommand::Deploy(deploy) = args.command else {
+            panic!("not deploy")
+        };
+        assert_eq!(deploy.timeout, bora_api::Duration::from_secs(300));
+        assert_eq!(deploy.file, PathBuf::from("bora.yaml"));
+        let err =
+            ClientArgs::try_parse_from(["bora", "deploy", "--wait", "--timeout", "5"]).unwrap_err();
+        assert!(
+            err.to_string().contains("expected a number and a unit"),
+            "{err}"
+        );
     }
 
     /// The shape the `bora` binary uses: its own subcommands next to ours.

@@ -246,16 +246,16 @@ fn write_manifest(dir: &Path, body: &str) -> String {
     path.to_str().unwrap().to_string()
 }
 
-/// A manifest in JSON syntax, which is YAML too.
+/// A `bora.yaml` of app `hello` with web services `(name, image)`; the
+/// image picks the fake's rollout script.
 fn manifest(services: &[(&str, &str)]) -> String {
-    let services: Vec<String> = services
-        .iter()
-        .map(|(name, image)| format!(r#"{{"name": "{name}", "image": "{image}"}}"#))
-        .collect();
-    format!(
-        "{{\"app\": \"hello\", \"services\": [{}]}}\n",
-        services.join(", ")
-    )
+    let mut yaml = String::from("app: hello\nservices:\n");
+    for (name, image) in services {
+        yaml.push_str(&format!(
+            "  - name: {name}\n    image: {image}\n    ports: [{{ port: 8000 }}]\n"
+        ));
+    }
+    yaml
 }
 
 #[tokio::test]
@@ -431,17 +431,20 @@ async fn deploy_reports_server_rejections() {
 async fn deploy_sends_nothing_for_a_bad_or_missing_file() {
     let api = FakeApi::start(World::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    let file = write_manifest(
-        dir.path(),
-        "app: hello\nservices:\n  - name: web\n    imagee: x\n",
-    );
+    let source = "app: hello\nservices:\n  - name: web\n    imagee: x\n";
+    let file = write_manifest(dir.path(), source);
     let run = bora(&api, &["deploy", "-f", &file]).await;
     let err = run.error();
+    assert!(matches!(run.result, Err(CliError::Manifest(_))), "{err}");
     assert!(
-        matches!(run.result, Err(CliError::Manifest { .. })),
-        "{err}"
+        err.starts_with(&format!("{file}:4:5: ")),
+        "names file:line:column: {err}"
     );
-    assert!(err.contains(&file), "names the file: {err}");
+    // With the binary's `error: ` prefix, the parser's report appears verbatim.
+    let report = bora_manifest::parse_manifest(source, &file)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(format!("error: {err}"), report);
     assert_eq!(run.code(), 1);
 
     let missing = dir.path().join("nope.yaml");

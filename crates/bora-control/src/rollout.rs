@@ -181,7 +181,8 @@ async fn drain_deployment(ctl: &Arc<Controller>, old: &Deployment) -> Result<(),
         .collect();
     ctl.stop_and_wait(&ids, "its deployment was replaced", true)
         .await;
-    let reason = old.reason.clone().unwrap_or_else(|| "replaced".into());
+    // Keep the reason the drain started with ("replaced by version N").
+    let reason = ctl.store.get_deployment(&old.id)?.reason.unwrap_or_else(|| "replaced".into());
     set(ctl, &old.id, DeploymentStatus::Stopped, &reason)?;
     Ok(())
 }

@@ -172,6 +172,15 @@ pub enum ImageError {
         missing: String,
     },
 
+    /// The HTTP client could not be set up (in practice: no usable CA certificates).
+    #[error(
+        "cannot set up the https client ({reason}): check the system ca certificates (/etc/ssl/certs)"
+    )]
+    HttpClient {
+        /// The underlying cause.
+        reason: String,
+    },
+
     /// A filesystem operation failed.
     #[error("{op} {path}: {source}")]
     Io {

@@ -17,7 +17,7 @@
 //!
 //! The pipeline, one module per step:
 //!
-//! - [`reference`]: parse what the user wrote (`busybox`, `host:5000/a/b:tag`,
+//! - [`mod@reference`]: parse what the user wrote (`busybox`, `host:5000/a/b:tag`,
 //!   `repo@sha256:…`, `oci:/path:tag`).
 //! - `registry` (distribution API v2 client with Basic and Bearer auth) and `layout`
 //!   (local OCI layouts): where manifests and blobs come from.

@@ -21,7 +21,7 @@ pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 /// Docker image config.
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 
-/// The `Accept` header for manifest requests: everything [`parse_manifest`] understands.
+/// The `Accept` header for manifest requests: everything this crate understands.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.oci.image.manifest.v1+json, \
     application/vnd.docker.distribution.manifest.list.v2+json, \
@@ -356,5 +356,28 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, ImageError::InvalidManifest { .. }), "{err}");
+    }
+
+    proptest::proptest! {
+        /// Untrusted manifests never make the parser panic.
+        #[test]
+        fn parsing_arbitrary_documents_never_panics(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+            declared in proptest::option::of("[a-z/.+-]{0,40}"),
+        ) {
+            let _ = parse_manifest(&bytes, declared.as_deref(), "r", "manifest");
+            let _ = parse_config(&bytes, 1, None, "r");
+        }
+
+        /// Near-valid JSON (a real index with one byte changed) never panics either.
+        #[test]
+        fn parsing_mutated_indexes_never_panics(position in 0usize..2000, value in proptest::num::u8::ANY) {
+            let mut bytes = index_json().into_bytes();
+            let len = bytes.len();
+            bytes[position % len] = value;
+            if let Ok(Document::Index(index)) = parse_manifest(&bytes, None, "r", "manifest") {
+                let _ = select_platform(index.manifests(), &Platform::host(), "r");
+            }
+        }
     }
 }

@@ -120,7 +120,7 @@ impl fmt::Display for Reference {
 }
 
 impl RegistryReference {
-    /// The host[:port] to talk to: Docker Hub's API lives on another host than its name.
+    /// The `host[:port]` to talk to: Docker Hub's API lives on another host than its name.
     pub fn api_host(&self) -> &str {
         if self.registry == DOCKER_HUB {
             DOCKER_HUB_API_HOST

@@ -69,6 +69,11 @@ impl RegistryClient {
         }
     }
 
+    /// The tag or digest the reference asked for.
+    pub(crate) fn tag_or_digest(&self) -> &str {
+        self.reference.tag_or_digest()
+    }
+
     /// The registry name, for messages.
     fn registry(&self) -> &str {
         &self.reference.registry
@@ -272,7 +277,7 @@ impl RegistryClient {
         debug!(%realm, %scope, "requesting a bearer token");
         let response = request.send().await.map_err(|e| ImageError::Unreachable {
             registry: format!("{} (token server {realm})", self.registry()),
-            reason: error_chain(&e),
+            reason: network_reason(&e),
         })?;
         let status = response.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
@@ -366,8 +371,30 @@ impl RegistryClient {
     fn unreachable(&self, error: &reqwest::Error) -> ImageError {
         ImageError::Unreachable {
             registry: self.registry().to_string(),
-            reason: error_chain(error),
+            reason: network_reason(error),
         }
+    }
+}
+
+/// The useful part of a connection error: its causes ("tcp connect error: Connection
+/// refused", "dns error: …", "invalid peer certificate: …") without reqwest's and hyper's
+/// generic wrappers, which repeat the URL.
+fn network_reason(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        return "timed out".to_string();
+    }
+    let causes: Vec<String> = match std::error::Error::source(error) {
+        Some(source) => error_chain(source)
+            .split(": ")
+            .filter(|part| !part.starts_with("client error ("))
+            .map(str::to_string)
+            .collect(),
+        None => Vec::new(),
+    };
+    if causes.is_empty() {
+        error_chain(error)
+    } else {
+        causes.join(": ")
     }
 }
 

@@ -210,15 +210,43 @@ impl std::fmt::Debug for ImageStore {
 
 /// Where an image's blobs come from during one pull.
 enum Source {
+    /// A registry repository (the client knows the tag or digest asked for).
     Registry(Box<RegistryClient>),
-    Layout(OciLayout),
+    /// A local OCI layout, and the tag asked for.
+    Layout {
+        layout: OciLayout,
+        tag: Option<String>,
+    },
 }
 
 impl Source {
+    /// The manifest or index the reference's tag names.
+    async fn tagged_manifest(
+        &self,
+        platform: &Platform,
+        image_name: &str,
+    ) -> Result<FetchedManifest, ImageError> {
+        match self {
+            Source::Registry(client) => client.manifest(client.tag_or_digest()).await,
+            Source::Layout { layout, tag } => {
+                let entries = layout.resolve_tag(tag.as_deref()).await?;
+                // Several entries may carry the tag, one per platform.
+                let chosen = match entries.as_slice() {
+                    [only] => only,
+                    several => select_platform(several, platform, image_name)?,
+                };
+                let digest = chosen.digest().to_string();
+                validate_digest(&digest, "index.json entry", image_name)?;
+                let media_type = Some(chosen.media_type().to_string());
+                layout.manifest(&digest, media_type).await
+            }
+        }
+    }
+
     async fn blob(&self, writer: &mut BlobWriter<'_>) -> Result<(), ImageError> {
         match self {
             Source::Registry(client) => client.blob(writer).await,
-            Source::Layout(layout) => layout.blob(writer).await,
+            Source::Layout { layout, .. } => layout.blob(writer).await,
         }
     }
 
@@ -233,7 +261,7 @@ impl Source {
                 fetched.media_type = fetched.media_type.or(media_type);
                 Ok(fetched)
             }
-            Source::Layout(layout) => layout.manifest(digest, media_type).await,
+            Source::Layout { layout, .. } => layout.manifest(digest, media_type).await,
         }
     }
 }
@@ -258,6 +286,8 @@ impl ImageStore {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, ImageError> {
         use std::os::unix::fs::PermissionsExt;
         let root = root.into();
+        // Layer paths end up in overlay mount options: keep them absolute.
+        let root = std::path::absolute(&root).at("resolve", &root)?;
         std::fs::create_dir_all(&root).at("create", &root)?;
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
             .at("chmod", &root)?;
@@ -270,12 +300,8 @@ impl ImageStore {
             .connect_timeout(Duration::from_secs(15))
             .read_timeout(Duration::from_secs(60))
             .build()
-            .map_err(|e| ImageError::Unreachable {
-                registry: "(any)".into(),
-                reason: format!(
-                    "cannot build the HTTP client: {}",
-                    crate::error::error_chain(&e)
-                ),
+            .map_err(|e| ImageError::HttpClient {
+                reason: crate::error::error_chain(&e),
             })?;
         let store = ImageStore {
             root,
@@ -320,11 +346,14 @@ impl ImageStore {
                 opts.credentials.clone(),
                 &opts.insecure_registries,
             ))),
-            Reference::Layout(l) => Source::Layout(OciLayout::open(l)?),
+            Reference::Layout(l) => Source::Layout {
+                layout: OciLayout::open(l)?,
+                tag: l.tag.clone(),
+            },
         };
 
         let (manifest_digest, manifest) = self
-            .resolve(&source, &parsed, &opts.platform, &image_name)
+            .resolve(&source, parsed.digest(), &opts.platform, &image_name)
             .await?;
         progress(PullProgress::Resolved {
             digest: manifest_digest.clone(),
@@ -440,35 +469,19 @@ impl ImageStore {
         })
     }
 
-    /// Follow the reference (and indexes) down to the platform-specific manifest. Every
-    /// manifest and index seen is verified and cached; a digest already cached is not fetched.
+    /// Follow the reference (its `digest` if pinned, else its tag) and any indexes down to
+    /// the platform-specific manifest. Every manifest and index seen is verified and cached;
+    /// a digest already cached is not fetched.
     async fn resolve(
         &self,
         source: &Source,
-        reference: &Reference,
+        digest: Option<&str>,
         platform: &Platform,
         image_name: &str,
     ) -> Result<(String, ImageManifest), ImageError> {
-        let mut fetched = match (source, reference) {
-            (_, r) if r.digest().is_some() => {
-                let digest = r.digest().unwrap_or_default();
-                self.manifest_by_digest(source, digest, None).await?
-            }
-            (Source::Registry(client), Reference::Registry(r)) => {
-                client.manifest(r.tag_or_digest()).await?
-            }
-            (Source::Layout(layout), Reference::Layout(l)) => {
-                let entries = layout.resolve_tag(l.tag.as_deref()).await?;
-                let chosen = match entries.as_slice() {
-                    [only] => only,
-                    several => select_platform(several, platform, image_name)?,
-                };
-                let digest = chosen.digest().to_string();
-                validate_digest(&digest, "index.json entry", image_name)?;
-                let media_type = Some(chosen.media_type().to_string());
-                self.manifest_by_digest(source, &digest, media_type).await?
-            }
-            _ => unreachable!("the source is built from the reference"),
+        let mut fetched = match digest {
+            Some(digest) => self.manifest_by_digest(source, digest, None).await?,
+            None => source.tagged_manifest(platform, image_name).await?,
         };
         for _ in 0..MAX_INDEX_DEPTH {
             let destination = self.blob_path(&fetched.digest);

@@ -341,7 +341,11 @@ impl Unpacker {
         let mut directories = std::mem::take(&mut self.directories);
         directories.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
         for (path, meta) in &directories {
-            self.apply_meta(path, meta)?;
+            // A later entry may have replaced the directory (by a symlink, say): chmod
+            // follows symlinks, so only real directories get their metadata.
+            if fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+                self.apply_meta(path, meta)?;
+            }
         }
         Ok(())
     }
@@ -802,6 +806,14 @@ mod tests {
         assert_eq!(fs::read(&victim).unwrap(), b"original");
         assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 1);
 
+        // A directory replaced by a symlink to the outside: its mode is not applied there.
+        std::fs::set_permissions(outside.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let tar = build_tar(&[Item::Dir("d", 0o700), Item::Symlink("d", &outside_path)]);
+        let (_dir, result) = unpack(&tar, Compression::None);
+        result.unwrap();
+        let mode = fs::metadata(outside.path()).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o755);
+
         // A later entry replacing a symlink replaces the link, it does not write through it.
         let tar = build_tar(&[
             Item::Symlink("victim", &victim_path),
@@ -848,5 +860,51 @@ mod tests {
         assert!(matches!(result, Err(ImageError::InvalidLayer { .. })));
         let (_dir, result) = unpack(b"definitely not zstd", Compression::Zstd);
         assert!(matches!(result, Err(ImageError::InvalidLayer { .. })));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(64))]
+
+        /// Corrupted archives fail cleanly: no panic, nothing written next to the target.
+        #[test]
+        fn corrupted_archives_never_panic_or_escape(
+            flips in proptest::collection::vec((0usize..4096, proptest::num::u8::ANY), 1..8),
+            compression in proptest::sample::select(vec![Compression::None, Compression::Gzip, Compression::Zstd]),
+        ) {
+            let tar = build_tar(&[
+                Item::Dir("d/", 0o755),
+                Item::File("d/f", b"contents", 0o644),
+                Item::Symlink("d/s", "f"),
+                Item::Hardlink("d/h", "d/f"),
+                Item::File(".wh.x", b"", 0o644),
+            ]);
+            let mut blob = match compression {
+                Compression::None => tar,
+                Compression::Gzip => {
+                    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    gz.write_all(&tar).unwrap();
+                    gz.finish().unwrap()
+                }
+                Compression::Zstd => ruzstd::encoding::compress_to_vec(
+                    &tar[..],
+                    ruzstd::encoding::CompressionLevel::Fastest,
+                ),
+            };
+            for (position, value) in flips {
+                let len = blob.len();
+                blob[position % len] = value;
+            }
+            let (dir, _result) = unpack(&blob, compression);
+            let siblings: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+            proptest::prop_assert_eq!(siblings.len(), 1);
+        }
+
+        /// Arbitrary bytes are rejected, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
+            for compression in [Compression::None, Compression::Gzip, Compression::Zstd] {
+                let _ = unpack(&bytes, compression);
+            }
+        }
     }
 }

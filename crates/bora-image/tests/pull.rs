@@ -302,16 +302,23 @@ async fn whiteouts_and_opaque_directories_stack_with_overlayfs() {
     assert_eq!(view, ["data", "data/new", "etc", "etc/keep"]);
 }
 
-#[tokio::test]
-async fn image_index_selects_the_platform() {
-    let work = tempfile::tempdir().unwrap();
-    let layout = LayoutBuilder::new(&work.path().join("layout"));
+/// An image index tagged `multi` with an amd64 and an arm64 image; each has a file `arch`
+/// naming its architecture, and `CMD` `/a` or `/b`.
+fn multi_arch_layout(dir: &Path) -> LayoutBuilder {
+    let layout = LayoutBuilder::new(dir);
     let amd64_layer = layout.gzip_layer(&tarball(&[Entry::File("arch", b"amd64")]));
     let arm64_layer = layout.gzip_layer(&tarball(&[Entry::File("arch", b"arm64")]));
     let amd64 = layout.image(&[amd64_layer], "amd64", &["/a"]);
     let arm64 = layout.image(&[arm64_layer], "arm64", &["/b"]);
     let index = layout.index(&[amd64, arm64]);
     layout.tag(&[(index, "multi")]);
+    layout
+}
+
+#[tokio::test]
+async fn image_index_selects_the_platform() {
+    let work = tempfile::tempdir().unwrap();
+    let layout = multi_arch_layout(&work.path().join("layout"));
     let store = store(work.path());
 
     let pull = |platform: &str| {
@@ -373,6 +380,70 @@ async fn image_index_selects_the_platform() {
     assert!(
         matches!(err, ImageError::NoMatchingPlatform { .. }),
         "{err}"
+    );
+}
+
+#[tokio::test]
+async fn docker_manifest_lists_and_schema2_manifests() {
+    let work = tempfile::tempdir().unwrap();
+    let layout = multi_arch_layout(&work.path().join("layout"));
+    let registry = Registry::start();
+    push(
+        &layout.dir,
+        "multi",
+        &registry,
+        "docker:1",
+        &["--all", "--format", "v2s2"],
+    );
+    let client = reqwest::Client::new();
+    let list = client
+        .get(format!("http://{}/v2/docker/manifests/1", registry.host()))
+        .header("Accept", bora_image::media_types::MANIFEST_ACCEPT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        list.headers()["content-type"],
+        bora_image::media_types::DOCKER_MANIFEST_LIST
+    );
+
+    let options = PullOptions {
+        platform: "linux/arm64".parse().unwrap(),
+        ..PullOptions::default()
+    };
+    let image = store(work.path())
+        .pull(
+            &format!("{}/docker:1", registry.host()),
+            &options,
+            &no_progress,
+        )
+        .await
+        .unwrap();
+    assert_eq!(image.config.cmd, ["/b"]);
+    assert_eq!(
+        std::fs::read_to_string(image.layers[0].join("arch")).unwrap(),
+        "arm64"
+    );
+    let manifest: serde_json::Value = client
+        .get(format!(
+            "http://{}/v2/docker/manifests/{}",
+            registry.host(),
+            image.manifest_digest
+        ))
+        .header("Accept", bora_image::media_types::MANIFEST_ACCEPT)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        manifest["mediaType"],
+        bora_image::media_types::DOCKER_MANIFEST
+    );
+    assert_eq!(
+        manifest["layers"][0]["mediaType"],
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
     );
 }
 

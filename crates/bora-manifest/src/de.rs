@@ -63,8 +63,8 @@ pub(crate) enum DeErrorKind {
 pub(crate) enum Found {
     Nothing,
     Bool(bool),
-    Int(i128),
-    Float(f64),
+    /// A number, as written in the file when known.
+    Number(String),
     Str(String),
     List,
     Mapping,
@@ -76,8 +76,8 @@ impl Found {
         match &node.value {
             Value::Null => Found::Nothing,
             Value::Bool(b) => Found::Bool(*b),
-            Value::Int(i) => Found::Int(*i),
-            Value::Float(f) => Found::Float(*f),
+            Value::Int(i) => Found::Number(node.written.clone().unwrap_or_else(|| i.to_string())),
+            Value::Float(x) => Found::Number(node.written.clone().unwrap_or_else(|| x.to_string())),
             Value::Str(s) => Found::Str(s.clone()),
             Value::Seq(_) => Found::List,
             Value::Map(_) => Found::Mapping,
@@ -90,9 +90,9 @@ impl From<de::Unexpected<'_>> for Found {
         use de::Unexpected as U;
         match unexpected {
             U::Bool(b) => Found::Bool(b),
-            U::Unsigned(u) => Found::Int(i128::from(u)),
-            U::Signed(i) => Found::Int(i128::from(i)),
-            U::Float(f) => Found::Float(f),
+            U::Unsigned(u) => Found::Number(u.to_string()),
+            U::Signed(i) => Found::Number(i.to_string()),
+            U::Float(x) => Found::Number(x.to_string()),
             U::Char(c) => Found::Str(c.to_string()),
             U::Str(s) => Found::Str(s.to_string()),
             U::Unit | U::Option => Found::Nothing,
@@ -108,8 +108,7 @@ impl fmt::Display for Found {
         match self {
             Found::Nothing => f.write_str("nothing"),
             Found::Bool(b) => write!(f, "the boolean `{b}`"),
-            Found::Int(i) => write!(f, "the number `{i}`"),
-            Found::Float(x) => write!(f, "the number `{x}`"),
+            Found::Number(n) => write!(f, "the number `{n}`"),
             Found::Str(s) => write!(f, "the string {}", quote_short(s)),
             Found::List => f.write_str("a list"),
             Found::Mapping => f.write_str("a mapping"),
@@ -226,23 +225,20 @@ fn type_help(found: &Found, expected: &str, field: Option<&str>) -> Option<Strin
         Found::Str(s) if is_integer_type(expected) && s.trim().parse::<i128>().is_ok() => {
             Some(format!("remove the quotes: {}", s.trim()))
         }
-        Found::Int(_) | Found::Float(_) if expected.contains("duration") => {
+        Found::Number(_) if expected.contains("duration") => {
             Some("add a unit, like 30s, 500ms or 5m".to_string())
         }
-        Found::Int(_) | Found::Float(_) | Found::Bool(_) if expected == "a string" => {
-            let text = match found {
-                Found::Int(i) => i.to_string(),
-                Found::Float(x) => x.to_string(),
-                Found::Bool(b) => b.to_string(),
-                _ => String::new(),
-            };
+        Found::Number(text) if expected == "a string" => {
             Some(format!("to use it as text, put it in quotes: \"{text}\""))
+        }
+        Found::Bool(b) if expected == "a string" => {
+            Some(format!("to use it as text, put it in quotes: \"{b}\""))
         }
         Found::Str(s) if expected == "a sequence" && matches!(field, Some("command" | "args")) => {
             let words: Vec<String> = s.split_whitespace().map(|w| format!("{w:?}")).collect();
             Some(format!("write a list: [{}]", words.join(", ")))
         }
-        Found::Int(port) if expected.contains("`port`") => {
+        Found::Number(port) if expected.contains("`port`") => {
             Some(format!("write {{ port: {port} }}"))
         }
         _ => None,
@@ -344,6 +340,15 @@ impl<'a> NodeDe<'a> {
         {
             let path = self.path.key(field);
             return error.located_at(&path, entry.key_span);
+        }
+        // serde's visitors describe a number by its value; show it as written.
+        let mut error = error;
+        if error.location.is_none()
+            && let DeErrorKind::InvalidType { found, .. } | DeErrorKind::InvalidValue { found, .. } =
+                &mut error.kind
+            && let (Found::Number(_), Some(written)) = (&*found, &self.node.written)
+        {
+            *found = Found::Number(written.clone());
         }
         error.located_at(&self.path, self.node.span)
     }

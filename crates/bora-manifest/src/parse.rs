@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use bora_api::AppManifest;
+use bora_api::{AppManifest, EnvValue, ServiceSpec};
 use serde::Deserialize;
 
 use crate::de::{DeError, DeErrorKind, NodeDe};
@@ -196,6 +196,7 @@ fn check_manifest(tree: &Node, manifest: &AppManifest, tainted: &[Path]) -> Vec<
                     ..finding
                 });
             }
+            findings.extend(check_env_as_written(tree, service, &service_path));
         }
         match first_with_name.get(service.name.as_str()) {
             Some(&first) => {
@@ -219,6 +220,33 @@ fn check_manifest(tree: &Node, manifest: &AppManifest, tainted: &[Path]) -> Vec<
         .into_iter()
         .map(|finding| Problem::from_finding(tree, finding))
         .collect()
+}
+
+/// Environment values are strings, but YAML reads `VERSION: 1.10` as the
+/// number 1.1 and `FLAG: True` as `true`. Where that changes the text, ask for
+/// quotes rather than silently passing something else than what was written.
+fn check_env_as_written(tree: &Node, service: &ServiceSpec, service_path: &Path) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for (key, value) in &service.env {
+        let path = service_path.key("env").key(key);
+        let (Some(node), EnvValue::Plain(read)) = (tree.get(&path), value) else {
+            continue;
+        };
+        if let Some(written) = &node.written
+            && written != read
+        {
+            findings.push(
+                Finding::new(
+                    path,
+                    format!("`{written}` is read as {} `{read}`", node.kind_name()),
+                )
+                .help(format!(
+                    "put it in quotes to keep it as written: \"{written}\""
+                )),
+            );
+        }
+    }
+    findings
 }
 
 /// Renders problems against the source, in the order they appear in it.

@@ -12,7 +12,6 @@
 //!   expand into billions of values ("billion laughs"), and limit nesting depth
 //!   so that deep input cannot exhaust the stack.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 
 use saphyr_parser::{Event, Parser, ScalarStyle, ScanError, Tag};
@@ -75,6 +74,9 @@ pub(crate) struct Node {
     /// Set when error recovery takes the node out of the document: readers
     /// then skip it, but list indices of the nodes after it stay the same.
     pub removed: bool,
+    /// For a plain scalar read as a number or boolean, the text as written
+    /// (`1.10`, `0x1F`, `True`), which the value alone does not keep.
+    pub written: Option<String>,
 }
 
 /// A YAML value after scalar resolution (YAML 1.2 core schema).
@@ -104,6 +106,7 @@ impl Node {
             value,
             span,
             removed: false,
+            written: None,
         }
     }
 
@@ -349,7 +352,11 @@ impl Loader {
                 if self.expects_key() {
                     self.on_key(text.into_owned(), style, span)?;
                 } else {
-                    let node = Node::new(resolve_scalar(text, style, tag.as_deref(), span)?, span);
+                    let value = resolve_scalar(&text, style, tag.as_deref(), span)?;
+                    let mut node = Node::new(value, span);
+                    if matches!(node.value, Value::Bool(_) | Value::Int(_) | Value::Float(_)) {
+                        node.written = Some(text.into_owned());
+                    }
                     self.spend(1, span)?;
                     self.finish(node, anchor)?;
                 }
@@ -537,7 +544,7 @@ fn merge_into(entries: &mut Vec<Entry>, merged: Node) -> Result<(), LoadError> {
                 _ => Err(item.span),
             })
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|item_span| bad_merge(item_span))?,
+            .map_err(bad_merge)?,
         _ => return Err(bad_merge(span)),
     };
     for source in sources {
@@ -578,33 +585,32 @@ fn check_collection_tag(tag: Option<&Tag>, kind: &str, span: Span) -> Result<(),
 /// schema; quoted and block scalars are strings; `!!str`, `!!int` and the
 /// other core tags force a type.
 fn resolve_scalar(
-    text: Cow<'_, str>,
+    text: &str,
     style: ScalarStyle,
     tag: Option<&Tag>,
     span: Span,
 ) -> Result<Value, LoadError> {
     let Some(tag) = tag else {
         return Ok(if style == ScalarStyle::Plain {
-            resolve_plain(&text)
+            resolve_plain(text)
         } else {
-            Value::Str(text.into_owned())
+            Value::Str(text.to_string())
         });
     };
     // `! value`: the non-specific tag, which makes any scalar a string.
     if tag.handle == "!" && tag.suffix.is_empty() {
-        return Ok(Value::Str(text.into_owned()));
+        return Ok(Value::Str(text.to_string()));
     }
     if !tag.is_yaml_core_schema() {
         return Err(unsupported_tag(tag, span));
     }
-    let resolved = resolve_plain(&text);
+    let resolved = resolve_plain(text);
     let ok = match (tag.suffix.as_str(), resolved) {
         ("str", _) => Some(Value::Str(text.to_string())),
         ("null", Value::Null) => Some(Value::Null),
         ("bool", v @ Value::Bool(_)) => Some(v),
         ("int", v @ Value::Int(_)) => Some(v),
         ("float", v @ Value::Float(_)) => Some(v),
-        #[allow(clippy::cast_precision_loss)] // `!!float 3` is meant as a float
         ("float", Value::Int(i)) => Some(Value::Float(i as f64)),
         ("null" | "bool" | "int" | "float", _) => None,
         _ => return Err(unsupported_tag(tag, span)),

@@ -249,8 +249,10 @@ async fn guard_bridge(config: &NetworkConfig) -> Result<(), NodeError> {
         "-j",
         "DROP",
     ];
+    // -w: wait for the xtables lock rather than fail when another program
+    // (or another Bora) changes the firewall at the same moment.
     let exists = Command::new("iptables")
-        .arg("-C")
+        .args(["-w", "-C"])
         .args(rule)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -260,7 +262,7 @@ async fn guard_bridge(config: &NetworkConfig) -> Result<(), NodeError> {
         .unwrap_or(false);
     if !exists {
         run(
-            Command::new("iptables").arg("-I").args(rule),
+            Command::new("iptables").args(["-w", "-I"]).args(rule),
             "iptables -I FORWARD",
         )
         .await?;

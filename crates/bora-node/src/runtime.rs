@@ -82,11 +82,21 @@ impl Runtime {
         argv
     }
 
-    async fn exec(&self, args: &[&str]) -> Result<std::process::Output, NodeError> {
-        let base = self.base();
+    /// Runs a runtime subcommand about container `id`.
+    ///
+    /// gVisor's sandbox answers on an abstract unix socket, which lives in
+    /// a network namespace: runsc must be asked from inside the instance's
+    /// namespace, where the sandbox was started.
+    async fn exec(&self, id: &str, args: &[&str]) -> Result<std::process::Output, NodeError> {
+        let mut argv = Vec::new();
+        let netns = crate::network::netns_path(id);
+        if self.isolation == Isolation::Gvisor && netns.exists() {
+            argv.extend(["nsenter".to_string(), format!("--net={}", netns.display())]);
+        }
+        argv.extend(self.base());
         let what = format!("{} {}", self.binary.display(), args.join(" "));
-        Command::new(&base[0])
-            .args(&base[1..])
+        Command::new(&argv[0])
+            .args(&argv[1..])
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -110,7 +120,7 @@ impl Runtime {
     /// The container's status (`created`, `running`, `stopped`, …), or `None`
     /// when the runtime does not know it.
     pub async fn state(&self, id: &str) -> Result<Option<String>, NodeError> {
-        let out = self.exec(&["state", id]).await?;
+        let out = self.exec(id, &["state", id]).await?;
         if !out.status.success() {
             return Ok(None);
         }
@@ -120,7 +130,7 @@ impl Runtime {
 
     /// Sends `signal` (`TERM`, `KILL`) to the container's processes.
     pub async fn kill(&self, id: &str, signal: &str) -> Result<(), NodeError> {
-        let out = self.exec(&["kill", "--all", id, signal]).await?;
+        let out = self.exec(id, &["kill", "--all", id, signal]).await?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             // A container that is already gone is what we wanted.
@@ -139,7 +149,7 @@ impl Runtime {
 
     /// Removes the runtime's record of the container, killing it if needed.
     pub async fn delete(&self, id: &str) -> Result<(), NodeError> {
-        let out = self.exec(&["delete", "--force", id]).await?;
+        let out = self.exec(id, &["delete", "--force", id]).await?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             if !stderr.contains("not exist") && !stderr.contains("not found") {

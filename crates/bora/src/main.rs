@@ -26,6 +26,8 @@ struct Cli {
 enum Command {
     /// Run the control plane, node agent and router on this machine.
     Server(ServerArgs),
+    /// Stop and remove every instance of a data directory (with its server stopped).
+    Reset(ResetArgs),
     /// Supervise one instance (started by the node agent, not by hand).
     #[command(hide = true)]
     Shim(ShimArgs),
@@ -65,6 +67,16 @@ struct ServerArgs {
 }
 
 #[derive(Args)]
+struct ResetArgs {
+    /// The bridge the data directory's instances were attached to.
+    #[arg(long, default_value = "bora0")]
+    bridge: String,
+    /// The instances' address range.
+    #[arg(long, default_value = "10.88.0.0/16")]
+    subnet: String,
+}
+
+#[derive(Args)]
 struct ShimArgs {
     #[arg(long)]
     dir: PathBuf,
@@ -91,6 +103,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Reset(args) => match runtime().block_on(reset(cli.global.data_dir, args)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Client(cmd) => {
             bora_cli::finish(runtime().block_on(bora_cli::run(cli.global, cmd)))
         }
@@ -147,5 +166,27 @@ async fn server(data_dir: PathBuf, args: ServerArgs) -> anyhow::Result<()> {
     }
     eprintln!("bora: stopping; instances keep running and are re-adopted at the next start");
     handle.shutdown();
+    Ok(())
+}
+
+/// Stops and removes every instance a data directory's server started:
+/// processes, mounts, network namespaces and addresses.
+async fn reset(data_dir: std::path::PathBuf, args: ResetArgs) -> anyhow::Result<()> {
+    let lock = data_dir.join("server.lock");
+    if let Ok(file) = std::fs::OpenOptions::new().write(true).open(&lock) {
+        if nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err() {
+            anyhow::bail!("a bora server is running on {}: stop it first", data_dir.display());
+        }
+    }
+    let mut config = bora_node::NodeConfig::new(&data_dir, std::env::current_exe()?);
+    config.network.bridge = args.bridge;
+    config.network.subnet = args.subnet;
+    let node = bora_node::Node::new(config)?;
+    for instance in node.recover() {
+        node.stop(&instance.id, std::time::Duration::from_secs(5))
+            .await
+            .with_context(|| format!("stopping instance {}", instance.id))?;
+        println!("stopped instance {}", instance.id);
+    }
     Ok(())
 }

@@ -80,14 +80,7 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, args: DeployArgs) -> Result<ExitCode,
 /// Parses `bora.yaml` with the manifest crate, whose errors already say
 /// file:line:column, what is wrong and how to fix it.
 fn load_manifest(source: &str, file_name: &str) -> Result<AppManifest, CliError> {
-    // TEMPORARY until bora-manifest exports parse_manifest.
-    serde_json::from_str(source).map_err(|errors| CliError::Manifest {
-        rendered: format!(
-            "{file_name}:{}:{}: {errors}",
-            errors.line(),
-            errors.column()
-        ),
-    })
+    bora_manifest::parse_manifest(source, file_name).map_err(CliError::Manifest)
 }
 
 /// A line for the user: stdout in table mode; stderr when stdout carries

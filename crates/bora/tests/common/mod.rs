@@ -1,0 +1,351 @@
+//! The integration harness: a real registry on loopback, real images built
+//! with umoci and pushed with skopeo, and the real `bora` binary started on
+//! port 0 in a temporary data directory, driven by its own CLI and by HTTP.
+//!
+//! Needs root and the packages `scripts/install-deps.sh` installs.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BORA: &str = env!("CARGO_BIN_EXE_bora");
+
+pub fn require_root() {
+    assert!(
+        nix_is_root(),
+        "these tests run real containers and need root (and scripts/install-deps.sh): run them as root"
+    );
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Debian's `docker-registry` on 127.0.0.1, with storage in a temp dir.
+pub struct Registry {
+    pub addr: String,
+    pub storage: PathBuf,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let storage = dir.path().join("storage");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                storage.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting docker-registry (scripts/install-deps.sh installs it)");
+        let addr = format!("127.0.0.1:{port}");
+        wait_for_port(&addr, Duration::from_secs(10));
+        Registry {
+            addr,
+            storage,
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// Builds a busybox image whose `/www/index.html` says `body`, with
+    /// `httpd` on port 8000 as its command, and pushes it as `name:tag`.
+    /// Returns the image reference.
+    pub fn push_hello(&self, name: &str, tag: &str, body: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = dir.path().join("layout");
+        let bundle = dir.path().join("bundle");
+        let image = format!("{}:{tag}", layout.display());
+        run(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
+        run(Command::new("umoci").args(["new", "--image", &image]));
+        run(Command::new("umoci").args(["unpack", "--image", &image]).arg(&bundle));
+        let rootfs = bundle.join("rootfs");
+        for d in ["bin", "www", "tmp"] {
+            std::fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+        for applet in ["sh", "httpd", "echo", "cat", "sleep", "env", "ls"] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        }
+        std::fs::write(rootfs.join("www/index.html"), body).unwrap();
+        run(Command::new("umoci").args(["repack", "--image", &image]).arg(&bundle));
+        let mut config = Command::new("umoci");
+        config.args(["config", "--image", &image]);
+        for arg in ["httpd", "-f", "-p", "8000", "-h", "/www"] {
+            config.args(["--config.cmd", arg]);
+        }
+        run(&mut config);
+        let reference = format!("{}/{name}:{tag}", self.addr);
+        run(Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!("oci:{image}"))
+            .arg(format!("docker://{reference}")));
+        reference
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn wait_for_port(addr: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{addr} did not start listening within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A real `bora server` in a temp data dir, on port 0.
+pub struct Server {
+    pub data_dir: PathBuf,
+    pub api: SocketAddr,
+    pub http: SocketAddr,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let mut s = Server {
+            data_dir,
+            api: "0.0.0.0:0".parse().unwrap(),
+            http: "0.0.0.0:0".parse().unwrap(),
+            child: None,
+            _dir: dir,
+        };
+        s.launch();
+        s
+    }
+
+    fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self._dir.path().join("server.log"))
+            .unwrap();
+        let mut child = Command::new(BORA)
+            .args(["--data-dir"])
+            .arg(&self.data_dir)
+            .args(["server", "--api-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .env("BORA_LOG", "info,bora_control=debug")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut api, mut http) = (None, None);
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(a) = line.strip_prefix("bora: API listening on http://") {
+                api = Some(a.parse().unwrap());
+            } else if let Some(a) = line.strip_prefix("bora: router listening on http://") {
+                http = Some(a.parse().unwrap());
+            } else if line == "bora: ready" {
+                break;
+            }
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        self.api = api.unwrap_or_else(|| panic!("the server did not print its API address; log:\n{}", self.log()));
+        self.http = http.expect("router address");
+        self.child = Some(child);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// `kill -9` the server (instances keep running, as after a crash).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.launch();
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin.token")).unwrap().trim().to_string()
+    }
+
+    /// Runs the real CLI against this server (found through the data dir).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BORA)
+            .args(args)
+            .env("BORA_DATA_DIR", &self.data_dir)
+            .env_remove("BORA_URL")
+            .env_remove("BORA_TOKEN")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs the CLI and expects success; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "bora {args:?} failed ({}):\n{}{}\nserver log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.log(), 40)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Writes a bora.yaml into the temp dir and returns its path.
+    pub fn write_manifest(&self, name: &str, yaml: &str) -> PathBuf {
+        let p = self._dir.path().join(name);
+        std::fs::write(&p, yaml).unwrap();
+        p
+    }
+
+    pub fn api_get(&self, path: &str) -> serde_json::Value {
+        let resp = http_client()
+            .get(format!("http://{}{path}", self.api))
+            .bearer_auth(self.token())
+            .send()
+            .unwrap();
+        assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
+        resp.json().unwrap()
+    }
+
+    /// GET through the router with `Host: <service>.<app>.localhost`.
+    pub fn get(&self, host: &str, path: &str) -> Result<(u16, String), String> {
+        let resp = http_client()
+            .get(format!("http://{}{path}", self.http))
+            .header("host", host)
+            .send()
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.text().map_err(|e| e.to_string())?))
+    }
+
+    /// Polls `f` until it returns Some, or panics after `timeout`.
+    pub fn wait_until<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; server log:\n{}",
+                tail(&self.log(), 60)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Ids of the runc containers this server's node runs.
+    pub fn runc_containers(&self) -> Vec<String> {
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(self.data_dir.join("runtime/container"))
+            .args(["list", "-q"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+        // Remove every instance this server started: no leaks between tests.
+        let out = Command::new(BORA).arg("--data-dir").arg(&self.data_dir).arg("reset").output();
+        if let Ok(out) = out {
+            if !out.status.success() {
+                eprintln!("bora reset: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+    }
+}
+
+pub fn http_client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Network namespaces that belong to `instance_ids`.
+pub fn leftover_netns(instance_ids: &[String]) -> Vec<String> {
+    let names: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names
+        .into_iter()
+        .filter(|n| instance_ids.iter().any(|id| n.strip_prefix("bora-").is_some_and(|p| id.starts_with(p))))
+        .collect()
+}
+
+/// Mounts under `dir`.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
+}

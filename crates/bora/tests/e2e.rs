@@ -1,0 +1,340 @@
+//! End to end: real registry, real images, real `bora server`, real CLI,
+//! real HTTP through the router.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+
+const HOST: &str = "web.hello.localhost";
+
+fn manifest(image: &str, extra: &str) -> String {
+    format!(
+        r#"app: hello
+services:
+  - name: web
+    type: web
+    image: {image}
+    ports: [{{ port: 8000, protocol: http }}]
+    routes: [{{ path: /, port: 8000 }}]
+    health_check: {{ http: {{ path: /, port: 8000 }}, grace_period: 1s, interval: 1s, restart_limit: 2 }}
+    instance_type: nano
+{extra}"#
+    )
+}
+
+/// Deploys with `--wait` and expects success.
+fn deploy_ok(server: &Server, file: &str, yaml: &str) -> String {
+    let path = server.write_manifest(file, yaml);
+    server.cli_ok(&["deploy", "-f", path.to_str().unwrap(), "--wait", "--timeout", "2m"])
+}
+
+fn body(server: &Server) -> String {
+    let (status, body) = server.get(HOST, "/").expect("request through the router");
+    assert_eq!(status, 200, "body: {body}");
+    body
+}
+
+fn instances(server: &Server, query: &str) -> Vec<serde_json::Value> {
+    server.api_get(&format!("/v1/instances{query}"))["items"].as_array().unwrap().clone()
+}
+
+#[test]
+fn deploy_roll_out_a_new_version_without_failures_and_survive_a_restart() {
+    require_root();
+    let registry = Registry::start();
+    let v1 = registry.push_hello("hello", "1", "hello v1\n");
+    let v2 = registry.push_hello("hello", "2", "hello v2\n");
+    let mut server = Server::start();
+
+    // A secret, referenced from env, reaches the process; so does plain env.
+    server.cli_ok(&["secrets", "create", "db-pass", "--value", "s3cret"]);
+    let listed = server.cli_ok(&["secrets", "list", "-o", "json"]);
+    assert!(listed.contains("db-pass") && !listed.contains("s3cret"), "{listed}");
+    let env_cmd = r#"    command: ["sh", "-c", "echo $GREETING $DB_PASSWORD > /www/env.txt && exec httpd -f -p 8000 -h /www"]
+    env:
+      GREETING: hi
+      DB_PASSWORD: { secret: db-pass }
+"#;
+
+    // 1. Deploy: --wait returns once healthy and prints the URL.
+    let out = deploy_ok(&server, "v1.yaml", &manifest(&v1, env_cmd));
+    let url = format!("http://web.hello.localhost:{}/", server.http.port());
+    assert!(out.contains(&url), "deploy output names the URL {url}: {out}");
+    assert_eq!(body(&server), "hello v1\n");
+    assert_eq!(server.get(HOST, "/env.txt").unwrap().1, "hi s3cret\n");
+
+    // The deployment is pinned to the digest it resolved.
+    let deployments = server.api_get("/v1/deployments?app=hello&service=web");
+    let d1 = &deployments["items"][0];
+    assert!(d1["image_digest"].as_str().unwrap().starts_with("sha256:"), "{d1}");
+    assert_eq!(d1["status"], "healthy");
+
+    // The instance records every transition with its reason.
+    let first = instances(&server, "?app=hello");
+    assert_eq!(first.len(), 1);
+    let id = first[0]["id"].as_str().unwrap().to_string();
+    let got = server.cli_ok(&["instances", "get", &id, "-o", "json"]);
+    let got: serde_json::Value = serde_json::from_str(&got).unwrap();
+    let states: Vec<&str> = got["history"].as_array().unwrap().iter().map(|t| t["to"].as_str().unwrap()).collect();
+    assert_eq!(states, ["pending", "pulling", "starting", "healthy"]);
+
+    // 2. Rolling update to v2 while a client hammers the URL.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let http = server.http;
+    let client = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        std::thread::spawn(move || {
+            let c = http_client();
+            let mut errors = Vec::new();
+            // Bounded in count and time.
+            for _ in 0..20_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match c.get(format!("http://{http}/")).header("host", HOST).send() {
+                    Ok(r) if r.status() == 200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        errors.push(format!("{} {}", r.status(), r.text().unwrap_or_default()));
+                    }
+                    Err(e) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        errors.push(e.to_string());
+                    }
+                }
+            }
+            errors
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    deploy_ok(&server, "v2.yaml", &manifest(&v2, ""));
+    // Let the old instance drain and stop while the client keeps going.
+    server.wait_until("the old instance to stop", Duration::from_secs(60), || {
+        (instances(&server, "?app=hello").len() == 1).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let errors = client.join().unwrap();
+    assert!(ok.load(Ordering::Relaxed) > 20, "the client made progress");
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "failed requests during the rollout: {errors:?}");
+    assert_eq!(body(&server), "hello v2\n");
+    let old = server.api_get(&format!("/v1/instances/{id}"));
+    assert_eq!(old["state"], "stopped", "{old}");
+    let d = server.api_get("/v1/deployments?app=hello&service=web");
+    assert_eq!(d["items"][0]["status"], "healthy");
+    assert_eq!(d["items"][1]["status"], "stopped");
+
+    // 3. kill -9 the server: the instance keeps running, the restarted
+    // server re-adopts it (same instance, no duplicate) and keeps serving.
+    let live = instances(&server, "?app=hello");
+    let live_id = live[0]["id"].as_str().unwrap().to_string();
+    server.restart();
+    assert_eq!(body(&server), "hello v2\n");
+    let after = instances(&server, "?app=hello");
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0]["id"], live_id.as_str());
+    assert_eq!(after[0]["state"], "healthy");
+    assert_eq!(server.runc_containers(), vec![live_id.clone()]);
+
+    // Logs of the service are there.
+    let logs = server.cli_ok(&["logs", "hello/web", "--tail", "20"]);
+    let _ = logs; // httpd -f logs nothing by default; the call must succeed.
+
+    // 4. Deleting the app stops everything and leaks nothing.
+    server.cli_ok(&["apps", "delete", "hello"]);
+    assert!(server.runc_containers().is_empty());
+    assert!(leftover_netns(&[id, live_id]).is_empty());
+    assert!(mounts_under(&server.data_dir).is_empty(), "{:?}", mounts_under(&server.data_dir));
+    let (status, msg) = server.get(HOST, "/").unwrap();
+    assert_eq!(status, 404, "{msg}");
+}
+
+#[test]
+fn broken_deployments_fail_with_the_reason_and_the_previous_one_keeps_serving() {
+    require_root();
+    let registry = Registry::start();
+    let v1 = registry.push_hello("hello", "1", "still v1\n");
+    let server = Server::start();
+    deploy_ok(&server, "v1.yaml", &manifest(&v1, ""));
+    assert_eq!(body(&server), "still v1\n");
+
+    // A command that exits at once.
+    let path = server.write_manifest(
+        "exits.yaml",
+        &manifest(&v1, "    command: [\"sh\", \"-c\", \"echo boom >&2; exit 3\"]\n"),
+    );
+    let out = server.cli(&["deploy", "-f", path.to_str().unwrap(), "--wait", "--timeout", "2m"]);
+    assert_eq!(out.status.code(), Some(1), "{}{}", stdout(&out), stderr(&out));
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(all.contains("exited with code 3"), "{all}");
+    assert!(all.contains("boom"), "the reason shows the last output: {all}");
+    assert_eq!(body(&server), "still v1\n");
+
+    // A port nothing listens on.
+    let path = server.write_manifest(
+        "noport.yaml",
+        &manifest(&v1, "    command: [\"httpd\", \"-f\", \"-p\", \"8001\", \"-h\", \"/www\"]\n"),
+    );
+    let out = server.cli(&["deploy", "-f", path.to_str().unwrap(), "--wait", "--timeout", "2m"]);
+    assert_eq!(out.status.code(), Some(1), "{}{}", stdout(&out), stderr(&out));
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(all.contains("never became healthy"), "{all}");
+    assert_eq!(body(&server), "still v1\n");
+
+    // An image that does not exist.
+    let missing = format!("{}/nope:1", registry.addr);
+    let path = server.write_manifest("missing.yaml", &manifest(&missing, ""));
+    let out = server.cli(&["deploy", "-f", path.to_str().unwrap(), "--wait", "--timeout", "2m"]);
+    assert_eq!(out.status.code(), Some(1));
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(all.contains("not found"), "{all}");
+
+    // A registry that is down.
+    let down = "127.0.0.1:1/hello:1";
+    let path = server.write_manifest("down.yaml", &manifest(down, ""));
+    let out = server.cli(&["deploy", "-f", path.to_str().unwrap(), "--wait", "--timeout", "2m"]);
+    assert_eq!(out.status.code(), Some(1));
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(all.contains("127.0.0.1:1"), "the error names the registry: {all}");
+
+    // Through all of it, v1 served, and only its instance runs.
+    assert_eq!(body(&server), "still v1\n");
+    assert_eq!(server.runc_containers().len(), 1);
+    let svc = server.api_get("/v1/apps/hello/services/web");
+    let active = svc["active_deployment"].as_str().unwrap();
+    let d = server.api_get(&format!("/v1/deployments/{active}"));
+    assert_eq!(d["version"], 1);
+}
+
+#[test]
+fn bad_requests_get_clear_errors_and_change_nothing() {
+    require_root();
+    let registry = Registry::start();
+    let v1 = registry.push_hello("hello", "1", "v1\n");
+    let server = Server::start();
+    let client = http_client();
+
+    // No token, a wrong token: 401 with the API's error shape.
+    let r = client.get(format!("http://{}/v1/apps", server.api)).send().unwrap();
+    assert_eq!(r.status(), 401);
+    let e: serde_json::Value = r.json().unwrap();
+    assert_eq!(e["error"]["code"], "unauthenticated");
+    let r = client
+        .get(format!("http://{}/v1/apps", server.api))
+        .bearer_auth("bora_wrong")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // The OpenAPI document is served (authenticated) and lists the API.
+    let doc = server.api_get("/v1/openapi.json");
+    assert!(doc["paths"]["/v1/apps/{app}/deployments"]["post"].is_object(), "{doc}");
+
+    // A secret that does not exist: refused before anything is recorded.
+    let yaml = manifest(&v1, "    env:\n      DB: { secret: nope }\n");
+    let path = server.write_manifest("nosecret.yaml", &yaml);
+    let out = server.cli(&["deploy", "-f", path.to_str().unwrap(), "--wait"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("bora secrets create nope"), "{}", stderr(&out));
+    assert!(server.api_get("/v1/apps")["items"].as_array().unwrap().is_empty());
+
+    // Unknown field in bora.yaml: file:line:column, nothing sent.
+    let path = server.write_manifest("typo.yaml", "app: hello\nservices:\n  - name: web\n    imagee: x\n");
+    let out = server.cli(&["deploy", "-f", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("typo.yaml:4:5"), "{err}");
+    assert!(err.contains("image"), "suggests the right field: {err}");
+
+    // Duplicate secret: 409, the first value kept.
+    server.cli_ok(&["secrets", "create", "k", "--value", "one"]);
+    let out = server.cli(&["secrets", "create", "k", "--value", "two"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+
+    // A malformed API body names the problem.
+    let r = client
+        .post(format!("http://{}/v1/apps/hello/deployments", server.api))
+        .bearer_auth(server.token())
+        .body(r#"{"name":"web","image":"x","replicas":3}"#)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let e: serde_json::Value = r.json().unwrap();
+    assert!(e["error"]["message"].as_str().unwrap().contains("replicas"), "{e}");
+    assert!(server.api_get("/v1/apps")["items"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn a_deployment_interrupted_by_kill_9_completes_after_restart_and_nothing_leaks() {
+    require_root();
+    let registry = Registry::start();
+    let v1 = registry.push_hello("hello", "1", "v1\n");
+    let v2 = registry.push_hello("hello", "2", "v2\n");
+    let mut server = Server::start();
+    deploy_ok(&server, "v1.yaml", &manifest(&v1, ""));
+
+    // Start v2 without waiting, and kill the server as soon as v2 has an
+    // instance on its way.
+    let path = server.write_manifest("v2.yaml", &manifest(&v2, ""));
+    server.cli_ok(&["deploy", "-f", path.to_str().unwrap()]);
+    server.wait_until("a v2 instance", Duration::from_secs(60), || {
+        (instances(&server, "?app=hello&all=true").len() >= 2).then_some(())
+    });
+    server.kill9();
+    server.restart();
+
+    // v2 completes (or fails with a reason); either way the service serves.
+    let status = server.wait_until("the v2 deployment to finish", Duration::from_secs(90), || {
+        let d = server.api_get("/v1/deployments?app=hello&service=web");
+        let s = d["items"][0]["status"].as_str().unwrap().to_string();
+        matches!(s.as_str(), "healthy" | "failed").then_some(s)
+    });
+    let b = body(&server);
+    if status == "healthy" {
+        server.wait_until("v2 to serve alone", Duration::from_secs(60), || {
+            (instances(&server, "?app=hello").len() == 1).then_some(())
+        });
+        assert_eq!(body(&server), "v2\n");
+    } else {
+        assert_eq!(b, "v1\n");
+    }
+    // No duplicates: exactly the live instances run.
+    let live: Vec<String> = instances(&server, "?app=hello")
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    let mut running = server.runc_containers();
+    running.sort();
+    let mut want = live.clone();
+    want.sort();
+    assert_eq!(running, want);
+
+    let all: Vec<String> = instances(&server, "?all=true")
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    server.cli_ok(&["apps", "delete", "hello"]);
+    assert!(server.runc_containers().is_empty());
+    assert!(leftover_netns(&all).is_empty(), "{:?}", leftover_netns(&all));
+    assert!(mounts_under(&server.data_dir).is_empty());
+}
+
+#[test]
+fn gvisor_isolation_serves_too() {
+    require_root();
+    let registry = Registry::start();
+    let v1 = registry.push_hello("hello", "1", "from gvisor\n");
+    let server = Server::start();
+    deploy_ok(&server, "g.yaml", &manifest(&v1, "    isolation: gvisor\n"));
+    assert_eq!(body(&server), "from gvisor\n");
+    // The kernel the process sees is gVisor's, not the host's.
+    server.cli_ok(&["apps", "delete", "hello"]);
+}

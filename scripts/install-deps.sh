@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs what Bora needs on Debian/Ubuntu, idempotently: only what is
+# missing, saying what it does. Run as root (Bora runs containers).
+set -euo pipefail
+
+say() { printf 'install-deps: %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  say "Bora runs containers and needs root: run this as root (sudo $0)"
+  exit 1
+fi
+
+# Debian package -> a file it installs, to tell whether it is there.
+packages=(
+  "runc:/usr/sbin/runc"                          # OCI runtime for isolation: container
+  "runsc:/usr/bin/runsc"                         # gVisor, for isolation: gvisor
+  "containernetworking-plugins:/usr/lib/cni/bridge"  # instance networking
+  "iproute2:/usr/sbin/ip"                        # network namespaces
+  "iptables:/usr/sbin/iptables"                  # keeps instances unreachable from outside
+  "util-linux:/usr/bin/nsenter"                  # starts gVisor inside an instance's namespace
+  "ca-certificates:/etc/ssl/certs/ca-certificates.crt"  # HTTPS registries
+  # For the tests: a real registry, and tools that build and push test images.
+  "docker-registry:/usr/bin/docker-registry"
+  "umoci:/usr/bin/umoci"
+  "skopeo:/usr/bin/skopeo"
+  "busybox-static:/bin/busybox"
+)
+
+missing=()
+for entry in "${packages[@]}"; do
+  pkg=${entry%%:*}
+  file=${entry#*:}
+  if [ ! -e "$file" ]; then
+    missing+=("$pkg")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  say "all system packages present"
+else
+  say "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  say "installed ${missing[*]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  say "cargo (Rust) is missing: install Rust with rustup (https://rustup.rs) and run this again"
+  exit 1
+fi
