@@ -196,10 +196,10 @@ impl Controller {
             env.push((name.clone(), value));
         }
         // Like Koyeb and Heroku, tell the process which port to listen on.
-        if let Some(p) = d.spec.ports.first() {
-            if !d.spec.env.contains_key("PORT") {
-                env.push(("PORT".into(), p.port.to_string()));
-            }
+        if let Some(p) = d.spec.ports.first()
+            && !d.spec.env.contains_key("PORT")
+        {
+            env.push(("PORT".into(), p.port.to_string()));
         }
         Ok(InstanceSpec {
             id: instance.to_string(),
@@ -266,10 +266,10 @@ impl Controller {
         } else {
             Command::Stop(reason.to_string())
         };
-        if let Some(tx) = sender {
-            if tx.send(command).is_ok() {
-                return Ok(());
-            }
+        if let Some(tx) = sender
+            && tx.send(command).is_ok()
+        {
+            return Ok(());
         }
         let instance = self.store.get_instance(id)?;
         if !instance.state.is_final() {

@@ -182,7 +182,11 @@ async fn drain_deployment(ctl: &Arc<Controller>, old: &Deployment) -> Result<(),
     ctl.stop_and_wait(&ids, "its deployment was replaced", true)
         .await;
     // Keep the reason the drain started with ("replaced by version N").
-    let reason = ctl.store.get_deployment(&old.id)?.reason.unwrap_or_else(|| "replaced".into());
+    let reason = ctl
+        .store
+        .get_deployment(&old.id)?
+        .reason
+        .unwrap_or_else(|| "replaced".into());
     set(ctl, &old.id, DeploymentStatus::Stopped, &reason)?;
     Ok(())
 }

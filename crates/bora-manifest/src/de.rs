@@ -192,9 +192,12 @@ impl DeError {
                 Some(format!("expected {}", expected_in_words(expected))),
             ),
             DeErrorKind::UnknownField { field, expected } => {
-                let help = match suggest::closest(field, expected.iter().copied()) {
-                    Some(close) => format!("did you mean `{close}`?"),
-                    None => format!("expected one of: {}", expected.join(", ")),
+                let help = if let Some(close) = suggest::closest(field, expected.iter().copied()) {
+                    format!("did you mean `{close}`?")
+                } else if let Some(ours) = suggest::synonym(field, expected.iter().copied()) {
+                    format!("bora.yaml calls this `{ours}`")
+                } else {
+                    format!("expected one of: {}", expected.join(", "))
                 };
                 (format!("unknown field `{field}`"), Some(help))
             }

@@ -135,12 +135,11 @@ fn deserialize_with_recovery(tree: &mut Node) -> (Option<AppManifest>, Vec<Probl
     (None, problems)
 }
 
-/// For an unknown field close to a known one, the known one.
+/// For an unknown field that was likely meant as a known one, the known one.
 fn intended_field(error: &DeError) -> Option<&'static str> {
     match &error.kind {
-        DeErrorKind::UnknownField { field, expected } => {
-            suggest::closest(field, expected.iter().copied())
-        }
+        DeErrorKind::UnknownField { field, expected } => suggest::closest(field, expected.iter().copied())
+            .or_else(|| suggest::synonym(field, expected.iter().copied())),
         _ => None,
     }
 }

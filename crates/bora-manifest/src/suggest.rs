@@ -17,6 +17,34 @@ pub(crate) fn closest<'a>(
         .map(|(_, candidate)| candidate)
 }
 
+/// For a field name that other tools use, the field that means the same
+/// here (`replicas` → `scaling`), if it is among `candidates`.
+pub(crate) fn synonym<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    const SYNONYMS: &[(&str, &str)] = &[
+        ("replicas", "scaling"),
+        ("instances", "scaling"),
+        ("autoscaling", "scaling"),
+        ("environment", "env"),
+        ("variables", "env"),
+        ("entrypoint", "command"),
+        ("cmd", "command"),
+        ("port", "ports"),
+        ("expose", "ports"),
+        ("size", "instance_type"),
+        ("kind", "type"),
+        ("healthcheck", "health_check"),
+        ("probe", "health_check"),
+        ("runtime", "isolation"),
+        ("apps", "app"),
+        ("name", "app"),
+    ];
+    let meant = SYNONYMS
+        .iter()
+        .find(|(other, _)| other.eq_ignore_ascii_case(word))
+        .map(|(_, ours)| *ours)?;
+    candidates.into_iter().find(|candidate| *candidate == meant)
+}
+
 /// The Levenshtein distance: how many single-character insertions,
 /// deletions or substitutions turn `a` into `b`.
 pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
@@ -64,5 +92,14 @@ mod tests {
         assert_eq!(closest("Image", fields), Some("image"));
         assert_eq!(closest("replicas", fields), None);
         assert_eq!(closest("name", fields), None);
+    }
+
+    #[test]
+    fn knows_other_tools_words() {
+        assert_eq!(synonym("replicas", ["name", "scaling"]), Some("scaling"));
+        assert_eq!(synonym("Environment", ["env"]), Some("env"));
+        // Only fields that exist where the word was used are suggested.
+        assert_eq!(synonym("replicas", ["min", "max"]), None);
+        assert_eq!(synonym("whatever", ["scaling"]), None);
     }
 }

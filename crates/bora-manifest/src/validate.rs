@@ -154,6 +154,9 @@ pub(crate) fn check_service(spec: &ServiceSpec) -> Vec<Finding> {
     check_image(spec, &mut findings);
     check_command(spec.command.as_deref(), "command", &mut findings);
     check_command(spec.args.as_deref(), "args", &mut findings);
+    if let Some(secret) = &spec.registry_secret {
+        findings.extend(check_secret_name(secret, root.key("registry_secret")));
+    }
     check_env(spec, &mut findings);
     check_ports(spec, &mut findings);
     check_routes(spec, &mut findings);
@@ -223,16 +226,18 @@ fn check_env(spec: &ServiceSpec, findings: &mut Vec<Finding>) {
                 None => finding.help(rule),
             });
         }
-        if let EnvValue::Secret { secret } = value
-            && names::validate_secret_name(secret).is_err()
-        {
-            findings.push(
-                Finding::new(path.key("secret"), format!("invalid secret name `{secret}`")).help(
-                    "use 1 to 63 letters, digits, '-', '_' and '.', starting with a letter or digit",
-                ),
-            );
+        if let EnvValue::Secret { secret } = value {
+            findings.extend(check_secret_name(secret, path.key("secret")));
         }
     }
+}
+
+fn check_secret_name(secret: &str, path: Path) -> Option<Finding> {
+    names::validate_secret_name(secret).err()?;
+    Some(
+        Finding::new(path, format!("invalid secret name `{secret}`"))
+            .help("use 1 to 63 letters, digits, '-', '_' and '.', starting with a letter or digit"),
+    )
 }
 
 fn check_ports(spec: &ServiceSpec, findings: &mut Vec<Finding>) {

@@ -241,6 +241,8 @@ impl LoadError {
             Some("indent with spaces: YAML does not allow tabs in indentation".to_string())
         } else if info.contains("indent") || info.contains("did not find expected") {
             Some("check the indentation: the keys of one mapping, and the `- ` items of one list, start in the same column".to_string())
+        } else if info.contains("unknown anchor") {
+            Some("an alias `*name` refers to a value marked `&name` earlier in the file".to_string())
         } else if info.contains("mapping values are not allowed") {
             Some(
                 "put a value that contains `: ` in quotes, or check the indentation of this line"

@@ -464,10 +464,10 @@ fn process_alive(pid: i32) -> bool {
 /// systemd-resolved's upstream list when it exists.
 fn host_resolv_conf() -> String {
     for path in ["/run/systemd/resolve/resolv.conf", "/etc/resolv.conf"] {
-        if let Ok(s) = std::fs::read_to_string(path) {
-            if !s.contains("nameserver 127.") {
-                return s;
-            }
+        if let Ok(s) = std::fs::read_to_string(path)
+            && !s.contains("nameserver 127.")
+        {
+            return s;
         }
     }
     "nameserver 1.1.1.1\n".into()

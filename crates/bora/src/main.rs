@@ -173,10 +173,13 @@ async fn server(data_dir: PathBuf, args: ServerArgs) -> anyhow::Result<()> {
 /// processes, mounts, network namespaces and addresses.
 async fn reset(data_dir: std::path::PathBuf, args: ResetArgs) -> anyhow::Result<()> {
     let lock = data_dir.join("server.lock");
-    if let Ok(file) = std::fs::OpenOptions::new().write(true).open(&lock) {
-        if nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err() {
-            anyhow::bail!("a bora server is running on {}: stop it first", data_dir.display());
-        }
+    if let Ok(file) = std::fs::OpenOptions::new().write(true).open(&lock)
+        && nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err()
+    {
+        anyhow::bail!(
+            "a bora server is running on {}: stop it first",
+            data_dir.display()
+        );
     }
     let mut config = bora_node::NodeConfig::new(&data_dir, std::env::current_exe()?);
     config.network.bridge = args.bridge;

@@ -29,7 +29,14 @@ services:
 /// Deploys with `--wait` and expects success.
 fn deploy_ok(server: &Server, file: &str, yaml: &str) -> String {
     let path = server.write_manifest(file, yaml);
-    server.cli_ok(&["deploy", "-f", path.to_str().unwrap(), "--wait", "--timeout", "2m"])
+    server.cli_ok(&[
+        "deploy",
+        "-f",
+        path.to_str().unwrap(),
+        "--wait",
+        "--timeout",
+        "2m",
+    ])
 }
 
 fn body(server: &Server) -> String {
@@ -39,7 +46,10 @@ fn body(server: &Server) -> String {
 }
 
 fn instances(server: &Server, query: &str) -> Vec<serde_json::Value> {
-    server.api_get(&format!("/v1/instances{query}"))["items"].as_array().unwrap().clone()
+    server.api_get(&format!("/v1/instances{query}"))["items"]
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 #[test]
@@ -53,7 +63,10 @@ fn deploy_roll_out_a_new_version_without_failures_and_survive_a_restart() {
     // A secret, referenced from env, reaches the process; so does plain env.
     server.cli_ok(&["secrets", "create", "db-pass", "--value", "s3cret"]);
     let listed = server.cli_ok(&["secrets", "list", "-o", "json"]);
-    assert!(listed.contains("db-pass") && !listed.contains("s3cret"), "{listed}");
+    assert!(
+        listed.contains("db-pass") && !listed.contains("s3cret"),
+        "{listed}"
+    );
     let env_cmd = r#"    command: ["sh", "-c", "echo $GREETING $DB_PASSWORD > /www/env.txt && exec httpd -f -p 8000 -h /www"]
     env:
       GREETING: hi
@@ -63,14 +76,20 @@ fn deploy_roll_out_a_new_version_without_failures_and_survive_a_restart() {
     // 1. Deploy: --wait returns once healthy and prints the URL.
     let out = deploy_ok(&server, "v1.yaml", &manifest(&v1, env_cmd));
     let url = format!("http://web.hello.localhost:{}/", server.http.port());
-    assert!(out.contains(&url), "deploy output names the URL {url}: {out}");
+    assert!(
+        out.contains(&url),
+        "deploy output names the URL {url}: {out}"
+    );
     assert_eq!(body(&server), "hello v1\n");
     assert_eq!(server.get(HOST, "/env.txt").unwrap().1, "hi s3cret\n");
 
     // The deployment is pinned to the digest it resolved.
     let deployments = server.api_get("/v1/deployments?app=hello&service=web");
     let d1 = &deployments["items"][0];
-    assert!(d1["image_digest"].as_str().unwrap().starts_with("sha256:"), "{d1}");
+    assert!(
+        d1["image_digest"].as_str().unwrap().starts_with("sha256:"),
+        "{d1}"
+    );
     assert_eq!(d1["status"], "healthy");
 
     // The instance records every transition with its reason.
@@ -79,7 +98,12 @@ fn deploy_roll_out_a_new_version_without_failures_and_survive_a_restart() {
     let id = first[0]["id"].as_str().unwrap().to_string();
     let got = server.cli_ok(&["instances", "get", &id, "-o", "json"]);
     let got: serde_json::Value = serde_json::from_str(&got).unwrap();
-    let states: Vec<&str> = got["history"].as_array().unwrap().iter().map(|t| t["to"].as_str().unwrap()).collect();
+    let states: Vec<&str> = got["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["to"].as_str().unwrap())
+        .collect();
     assert_eq!(states, ["pending", "pulling", "starting", "healthy"]);
 
     // 2. Rolling update to v2 while a client hammers the URL.
@@ -123,7 +147,11 @@ fn deploy_roll_out_a_new_version_without_failures_and_survive_a_restart() {
     stop.store(true, Ordering::Relaxed);
     let errors = client.join().unwrap();
     assert!(ok.load(Ordering::Relaxed) > 20, "the client made progress");
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "failed requests during the rollout: {errors:?}");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "failed requests during the rollout: {errors:?}"
+    );
     assert_eq!(body(&server), "hello v2\n");
     let old = server.api_get(&format!("/v1/instances/{id}"));
     assert_eq!(old["state"], "stopped", "{old}");
@@ -151,7 +179,11 @@ fn deploy_roll_out_a_new_version_without_failures_and_survive_a_restart() {
     server.cli_ok(&["apps", "delete", "hello"]);
     assert!(server.runc_containers().is_empty());
     assert!(leftover_netns(&[id, live_id]).is_empty());
-    assert!(mounts_under(&server.data_dir).is_empty(), "{:?}", mounts_under(&server.data_dir));
+    assert!(
+        mounts_under(&server.data_dir).is_empty(),
+        "{:?}",
+        mounts_under(&server.data_dir)
+    );
     let (status, msg) = server.get(HOST, "/").unwrap();
     assert_eq!(status, 404, "{msg}");
 }
@@ -168,22 +200,57 @@ fn broken_deployments_fail_with_the_reason_and_the_previous_one_keeps_serving() 
     // A command that exits at once.
     let path = server.write_manifest(
         "exits.yaml",
-        &manifest(&v1, "    command: [\"sh\", \"-c\", \"echo boom >&2; exit 3\"]\n"),
+        &manifest(
+            &v1,
+            "    command: [\"sh\", \"-c\", \"echo boom >&2; exit 3\"]\n",
+        ),
     );
-    let out = server.cli(&["deploy", "-f", path.to_str().unwrap(), "--wait", "--timeout", "2m"]);
-    assert_eq!(out.status.code(), Some(1), "{}{}", stdout(&out), stderr(&out));
+    let out = server.cli(&[
+        "deploy",
+        "-f",
+        path.to_str().unwrap(),
+        "--wait",
+        "--timeout",
+        "2m",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     let all = format!("{}{}", stdout(&out), stderr(&out));
     assert!(all.contains("exited with code 3"), "{all}");
-    assert!(all.contains("boom"), "the reason shows the last output: {all}");
+    assert!(
+        all.contains("boom"),
+        "the reason shows the last output: {all}"
+    );
     assert_eq!(body(&server), "still v1\n");
 
     // A port nothing listens on.
     let path = server.write_manifest(
         "noport.yaml",
-        &manifest(&v1, "    command: [\"httpd\", \"-f\", \"-p\", \"8001\", \"-h\", \"/www\"]\n"),
+        &manifest(
+            &v1,
+            "    command: [\"httpd\", \"-f\", \"-p\", \"8001\", \"-h\", \"/www\"]\n",
+        ),
     );
-    let out = server.cli(&["deploy", "-f", path.to_str().unwrap(), "--wait", "--timeout", "2m"]);
-    assert_eq!(out.status.code(), Some(1), "{}{}", stdout(&out), stderr(&out));
+    let out = server.cli(&[
+        "deploy",
+        "-f",
+        path.to_str().unwrap(),
+        "--wait",
+        "--timeout",
+        "2m",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     let all = format!("{}{}", stdout(&out), stderr(&out));
     assert!(all.contains("never became healthy"), "{all}");
     assert_eq!(body(&server), "still v1\n");
@@ -191,7 +258,14 @@ fn broken_deployments_fail_with_the_reason_and_the_previous_one_keeps_serving() 
     // An image that does not exist.
     let missing = format!("{}/nope:1", registry.addr);
     let path = server.write_manifest("missing.yaml", &manifest(&missing, ""));
-    let out = server.cli(&["deploy", "-f", path.to_str().unwrap(), "--wait", "--timeout", "2m"]);
+    let out = server.cli(&[
+        "deploy",
+        "-f",
+        path.to_str().unwrap(),
+        "--wait",
+        "--timeout",
+        "2m",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let all = format!("{}{}", stdout(&out), stderr(&out));
     assert!(all.contains("not found"), "{all}");
@@ -199,10 +273,20 @@ fn broken_deployments_fail_with_the_reason_and_the_previous_one_keeps_serving() 
     // A registry that is down.
     let down = "127.0.0.1:1/hello:1";
     let path = server.write_manifest("down.yaml", &manifest(down, ""));
-    let out = server.cli(&["deploy", "-f", path.to_str().unwrap(), "--wait", "--timeout", "2m"]);
+    let out = server.cli(&[
+        "deploy",
+        "-f",
+        path.to_str().unwrap(),
+        "--wait",
+        "--timeout",
+        "2m",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let all = format!("{}{}", stdout(&out), stderr(&out));
-    assert!(all.contains("127.0.0.1:1"), "the error names the registry: {all}");
+    assert!(
+        all.contains("127.0.0.1:1"),
+        "the error names the registry: {all}"
+    );
 
     // Through all of it, v1 served, and only its instance runs.
     assert_eq!(body(&server), "still v1\n");
@@ -222,7 +306,10 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     let client = http_client();
 
     // No token, a wrong token: 401 with the API's error shape.
-    let r = client.get(format!("http://{}/v1/apps", server.api)).send().unwrap();
+    let r = client
+        .get(format!("http://{}/v1/apps", server.api))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 401);
     let e: serde_json::Value = r.json().unwrap();
     assert_eq!(e["error"]["code"], "unauthenticated");
@@ -235,18 +322,33 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
 
     // The OpenAPI document is served (authenticated) and lists the API.
     let doc = server.api_get("/v1/openapi.json");
-    assert!(doc["paths"]["/v1/apps/{app}/deployments"]["post"].is_object(), "{doc}");
+    assert!(
+        doc["paths"]["/v1/apps/{app}/deployments"]["post"].is_object(),
+        "{doc}"
+    );
 
     // A secret that does not exist: refused before anything is recorded.
     let yaml = manifest(&v1, "    env:\n      DB: { secret: nope }\n");
     let path = server.write_manifest("nosecret.yaml", &yaml);
     let out = server.cli(&["deploy", "-f", path.to_str().unwrap(), "--wait"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("bora secrets create nope"), "{}", stderr(&out));
-    assert!(server.api_get("/v1/apps")["items"].as_array().unwrap().is_empty());
+    assert!(
+        stderr(&out).contains("bora secrets create nope"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        server.api_get("/v1/apps")["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 
     // Unknown field in bora.yaml: file:line:column, nothing sent.
-    let path = server.write_manifest("typo.yaml", "app: hello\nservices:\n  - name: web\n    imagee: x\n");
+    let path = server.write_manifest(
+        "typo.yaml",
+        "app: hello\nservices:\n  - name: web\n    imagee: x\n",
+    );
     let out = server.cli(&["deploy", "-f", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
@@ -268,8 +370,16 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
         .unwrap();
     assert_eq!(r.status(), 400);
     let e: serde_json::Value = r.json().unwrap();
-    assert!(e["error"]["message"].as_str().unwrap().contains("replicas"), "{e}");
-    assert!(server.api_get("/v1/apps")["items"].as_array().unwrap().is_empty());
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("replicas"),
+        "{e}"
+    );
+    assert!(
+        server.api_get("/v1/apps")["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -292,11 +402,15 @@ fn a_deployment_interrupted_by_kill_9_completes_after_restart_and_nothing_leaks(
     server.restart();
 
     // v2 completes (or fails with a reason); either way the service serves.
-    let status = server.wait_until("the v2 deployment to finish", Duration::from_secs(90), || {
-        let d = server.api_get("/v1/deployments?app=hello&service=web");
-        let s = d["items"][0]["status"].as_str().unwrap().to_string();
-        matches!(s.as_str(), "healthy" | "failed").then_some(s)
-    });
+    let status = server.wait_until(
+        "the v2 deployment to finish",
+        Duration::from_secs(90),
+        || {
+            let d = server.api_get("/v1/deployments?app=hello&service=web");
+            let s = d["items"][0]["status"].as_str().unwrap().to_string();
+            matches!(s.as_str(), "healthy" | "failed").then_some(s)
+        },
+    );
     let b = body(&server);
     if status == "healthy" {
         server.wait_until("v2 to serve alone", Duration::from_secs(60), || {
@@ -323,7 +437,11 @@ fn a_deployment_interrupted_by_kill_9_completes_after_restart_and_nothing_leaks(
         .collect();
     server.cli_ok(&["apps", "delete", "hello"]);
     assert!(server.runc_containers().is_empty());
-    assert!(leftover_netns(&all).is_empty(), "{:?}", leftover_netns(&all));
+    assert!(
+        leftover_netns(&all).is_empty(),
+        "{:?}",
+        leftover_netns(&all)
+    );
     assert!(mounts_under(&server.data_dir).is_empty());
 }
 

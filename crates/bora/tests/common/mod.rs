@@ -23,16 +23,25 @@ pub fn require_root() {
 
 fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}{}",
@@ -89,9 +98,13 @@ impl Registry {
         let layout = dir.path().join("layout");
         let bundle = dir.path().join("bundle");
         let image = format!("{}:{tag}", layout.display());
-        run(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
+        run(Command::new("umoci")
+            .args(["init", "--layout"])
+            .arg(&layout));
         run(Command::new("umoci").args(["new", "--image", &image]));
-        run(Command::new("umoci").args(["unpack", "--image", &image]).arg(&bundle));
+        run(Command::new("umoci")
+            .args(["unpack", "--image", &image])
+            .arg(&bundle));
         let rootfs = bundle.join("rootfs");
         for d in ["bin", "www", "tmp"] {
             std::fs::create_dir_all(rootfs.join(d)).unwrap();
@@ -101,7 +114,9 @@ impl Registry {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
         }
         std::fs::write(rootfs.join("www/index.html"), body).unwrap();
-        run(Command::new("umoci").args(["repack", "--image", &image]).arg(&bundle));
+        run(Command::new("umoci")
+            .args(["repack", "--image", &image])
+            .arg(&bundle));
         let mut config = Command::new("umoci");
         config.args(["config", "--image", &image]);
         for arg in ["httpd", "-f", "-p", "8000", "-h", "/www"] {
@@ -127,7 +142,10 @@ impl Drop for Registry {
 pub fn wait_for_port(addr: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "{addr} did not start listening within {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{addr} did not start listening within {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -165,7 +183,13 @@ impl Server {
         let mut child = Command::new(BORA)
             .args(["--data-dir"])
             .arg(&self.data_dir)
-            .args(["server", "--api-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .args([
+                "server",
+                "--api-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
             .env("BORA_LOG", "info,bora_control=debug")
             .stdout(Stdio::piped())
             .stderr(log)
@@ -186,7 +210,12 @@ impl Server {
         }
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        self.api = api.unwrap_or_else(|| panic!("the server did not print its API address; log:\n{}", self.log()));
+        self.api = api.unwrap_or_else(|| {
+            panic!(
+                "the server did not print its API address; log:\n{}",
+                self.log()
+            )
+        });
         self.http = http.expect("router address");
         self.child = Some(child);
     }
@@ -209,7 +238,10 @@ impl Server {
     }
 
     pub fn token(&self) -> String {
-        std::fs::read_to_string(self.data_dir.join("admin.token")).unwrap().trim().to_string()
+        std::fs::read_to_string(self.data_dir.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_string()
     }
 
     /// Runs the real CLI against this server (found through the data dir).
@@ -266,7 +298,12 @@ impl Server {
     }
 
     /// Polls `f` until it returns Some, or panics after `timeout`.
-    pub fn wait_until<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    pub fn wait_until<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut() -> Option<T>,
+    ) -> T {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(v) = f() {
@@ -289,7 +326,10 @@ impl Server {
             .args(["list", "-q"])
             .output()
             .unwrap();
-        String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 }
 
@@ -297,11 +337,15 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
         // Remove every instance this server started: no leaks between tests.
-        let out = Command::new(BORA).arg("--data-dir").arg(&self.data_dir).arg("reset").output();
-        if let Ok(out) = out {
-            if !out.status.success() {
-                eprintln!("bora reset: {}", String::from_utf8_lossy(&out.stderr));
-            }
+        let out = Command::new(BORA)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("reset")
+            .output();
+        if let Ok(out) = out
+            && !out.status.success()
+        {
+            eprintln!("bora reset: {}", String::from_utf8_lossy(&out.stderr));
         }
     }
 }
@@ -330,11 +374,19 @@ pub fn stderr(o: &Output) -> String {
 /// Network namespaces that belong to `instance_ids`.
 pub fn leftover_netns(instance_ids: &[String]) -> Vec<String> {
     let names: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     names
         .into_iter()
-        .filter(|n| instance_ids.iter().any(|id| n.strip_prefix("bora-").is_some_and(|p| id.starts_with(p))))
+        .filter(|n| {
+            instance_ids
+                .iter()
+                .any(|id| n.strip_prefix("bora-").is_some_and(|p| id.starts_with(p)))
+        })
         .collect()
 }
 
