@@ -21,6 +21,11 @@ use tokio::sync::{Notify, mpsc};
 use crate::ControlError;
 use crate::supervisor::{self, Command, Mode};
 
+/// The reason prefix of instances found dead after a server restart: the
+/// platform's failure, not the deployment's, so a resumed rollout replaces
+/// them instead of failing.
+pub(crate) const LOST: &str = "lost during a server restart";
+
 /// Settings of the controller.
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {

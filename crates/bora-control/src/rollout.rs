@@ -16,7 +16,7 @@ use bora_store::{DeploymentFilter, InstanceFilter};
 use tracing::Instrument;
 
 use crate::ControlError;
-use crate::controller::Controller;
+use crate::controller::{Controller, LOST};
 
 pub(crate) async fn run(ctl: Arc<Controller>, deployment: &str) {
     let span = tracing::info_span!("rollout", deployment = %deployment);
@@ -109,10 +109,6 @@ async fn rollout(ctl: &Arc<Controller>, id: &str) -> Result<(), ControlError> {
             d.image_digest.as_deref().unwrap_or("?")
         ),
     )?;
-    let live = live_instances(ctl, id)?;
-    for _ in live.len()..want {
-        ctl.start_instance(&d)?;
-    }
 
     // 3. Wait until all are healthy, one fails, or a newer deployment wins.
     loop {
@@ -122,17 +118,27 @@ async fn rollout(ctl: &Arc<Controller>, id: &str) -> Result<(), ControlError> {
             include_final: true,
             ..Default::default()
         })?;
-        if let Some(failed) = all.iter().find(|i| i.state == InstanceState::Failed) {
+        let broken = all
+            .iter()
+            .find(|i| i.state == InstanceState::Failed && !i.reason.starts_with(LOST));
+        if let Some(failed) = broken {
             let reason = format!("instance {} failed: {}", short(&failed.id), failed.reason);
-            set(ctl, id, DeploymentStatus::Failed, &reason)?;
+            // Stop what the deployment started before calling it failed, so
+            // `failed` means settled.
             let ids: Vec<String> = all
                 .iter()
                 .filter(|i| !i.state.is_final())
                 .map(|i| i.id.clone())
                 .collect();
-            ctl.stop_and_wait(&ids, "its deployment failed", false)
-                .await;
+            ctl.stop_and_wait(&ids, "its deployment failed", false).await;
+            set(ctl, id, DeploymentStatus::Failed, &reason)?;
             return Ok(());
+        }
+        // Start what is missing: at first, all of them; after a server
+        // restart, replacements for instances lost with it.
+        let live = all.iter().filter(|i| !i.state.is_final()).count();
+        for _ in live..want {
+            ctl.start_instance(&d)?;
         }
         if superseded(ctl, &d).await? {
             return Ok(());

@@ -117,14 +117,19 @@ impl fmt::Display for Found {
     }
 }
 
-/// `s` in double quotes, escaped, cut after 40 characters.
+/// `s` in double quotes, escaped the way YAML (and JSON) read it back.
+fn json_quote(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
+}
+
+/// `s` quoted, cut after 40 characters.
 fn quote_short(s: &str) -> String {
     const MAX: usize = 40;
     if s.chars().count() <= MAX {
-        format!("{s:?}")
+        json_quote(s)
     } else {
         let head: String = s.chars().take(MAX).collect();
-        format!("{head:?}…")
+        format!("{}…", json_quote(&head))
     }
 }
 
@@ -238,7 +243,7 @@ fn type_help(found: &Found, expected: &str, field: Option<&str>) -> Option<Strin
             Some(format!("to use it as text, put it in quotes: \"{b}\""))
         }
         Found::Str(s) if expected == "a sequence" && matches!(field, Some("command" | "args")) => {
-            let words: Vec<String> = s.split_whitespace().map(|w| format!("{w:?}")).collect();
+            let words: Vec<String> = s.split_whitespace().map(json_quote).collect();
             Some(format!("write a list: [{}]", words.join(", ")))
         }
         Found::Number(port) if expected.contains("`port`") => {

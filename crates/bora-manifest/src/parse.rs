@@ -14,7 +14,7 @@ use crate::suggest;
 use crate::validate::{self, Finding};
 use crate::yaml::{self, Node, Pos, Span, Value};
 
-/// Stop collecting after this many errors: past that, more only bury the first.
+/// Report at most this many errors: past that, more only bury the first.
 const MAX_ERRORS: usize = 50;
 /// Upper bound on deserialization attempts during error recovery.
 const MAX_ATTEMPTS: usize = 500;
@@ -84,7 +84,8 @@ pub(crate) fn parse(source: &str, file: &str) -> Result<AppManifest, ManifestErr
     let (manifest, mut problems) = deserialize_with_recovery(&mut tree);
     if let Some(manifest) = &manifest {
         let tainted: Vec<Path> = problems.iter().map(|p| p.path.clone()).collect();
-        problems.extend(check_manifest(&tree, manifest, &tainted));
+        let room = MAX_ERRORS.saturating_sub(problems.len());
+        problems.extend(check_manifest(&tree, manifest, &tainted, room));
     }
     match manifest {
         Some(mut manifest) if problems.is_empty() => {
@@ -118,7 +119,10 @@ fn deserialize_with_recovery(tree: &mut Node) -> (Option<AppManifest>, Vec<Probl
             Some(location) => (location.path.clone(), location.span),
             None => (Path::root(), tree.span),
         };
-        let is_explained = matches!(&error.kind, DeErrorKind::MissingField(field) if explained.contains(&path.key(field)));
+        let is_explained = match &error.kind {
+            DeErrorKind::MissingField(field) => explained.contains(&path.key(field)),
+            _ => false,
+        };
         if !is_explained {
             if let Some(meant) = intended_field(&error)
                 && let Some(parent) = path.parent()
@@ -138,8 +142,10 @@ fn deserialize_with_recovery(tree: &mut Node) -> (Option<AppManifest>, Vec<Probl
 /// For an unknown field that was likely meant as a known one, the known one.
 fn intended_field(error: &DeError) -> Option<&'static str> {
     match &error.kind {
-        DeErrorKind::UnknownField { field, expected } => suggest::closest(field, expected.iter().copied())
-            .or_else(|| suggest::synonym(field, expected.iter().copied())),
+        DeErrorKind::UnknownField { field, expected } => {
+            suggest::closest(field, expected.iter().copied())
+                .or_else(|| suggest::synonym(field, expected.iter().copied()))
+        }
         _ => None,
     }
 }
@@ -156,8 +162,14 @@ fn problem_from(error: &DeError, path: Path, span: Span) -> Problem {
 
 /// The app-level rules, and the service rules for every service that was
 /// read without errors (in one that had errors, a removed field would make
-/// the rules complain about the wrong thing).
-fn check_manifest(tree: &Node, manifest: &AppManifest, tainted: &[Path]) -> Vec<Problem> {
+/// the rules complain about the wrong thing). Returns at most `limit`
+/// problems.
+fn check_manifest(
+    tree: &Node,
+    manifest: &AppManifest,
+    tainted: &[Path],
+    limit: usize,
+) -> Vec<Problem> {
     let is_tainted = |path: &Path| tainted.iter().any(|t| t.starts_with(path));
     let services_path = Path::root().key("services");
     let mut findings: Vec<Finding> = Vec::new();
@@ -215,8 +227,10 @@ fn check_manifest(tree: &Node, manifest: &AppManifest, tainted: &[Path]) -> Vec<
             }
         }
     }
+    // Locating a finding searches the tree, so only locate those reported.
     findings
         .into_iter()
+        .take(limit)
         .map(|finding| Problem::from_finding(tree, finding))
         .collect()
 }
@@ -225,19 +239,29 @@ fn check_manifest(tree: &Node, manifest: &AppManifest, tainted: &[Path]) -> Vec<
 /// number 1.1 and `FLAG: True` as `true`. Where that changes the text, ask for
 /// quotes rather than silently passing something else than what was written.
 fn check_env_as_written(tree: &Node, service: &ServiceSpec, service_path: &Path) -> Vec<Finding> {
+    let env_path = service_path.key("env");
+    let Some(Node {
+        value: Value::Map(entries),
+        ..
+    }) = tree.get(&env_path)
+    else {
+        return Vec::new();
+    };
     let mut findings = Vec::new();
-    for (key, value) in &service.env {
-        let path = service_path.key("env").key(key);
-        let (Some(node), EnvValue::Plain(read)) = (tree.get(&path), value) else {
+    for entry in entries {
+        let (Some(written), Some(EnvValue::Plain(read))) =
+            (&entry.value.written, service.env.get(&entry.key))
+        else {
             continue;
         };
-        if let Some(written) = &node.written
-            && written != read
-        {
+        if written != read {
             findings.push(
                 Finding::new(
-                    path,
-                    format!("`{written}` is read as {} `{read}`", node.kind_name()),
+                    env_path.key(&entry.key),
+                    format!(
+                        "`{written}` is read as {} `{read}`",
+                        entry.value.kind_name()
+                    ),
                 )
                 .help(format!(
                     "put it in quotes to keep it as written: \"{written}\""

@@ -19,7 +19,10 @@ pub(crate) fn closest<'a>(
 
 /// For a field name that other tools use, the field that means the same
 /// here (`replicas` → `scaling`), if it is among `candidates`.
-pub(crate) fn synonym<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn synonym<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     const SYNONYMS: &[(&str, &str)] = &[
         ("replicas", "scaling"),
         ("instances", "scaling"),

@@ -224,7 +224,10 @@ impl LoadError {
     fn from_scan(source: &str, error: &ScanError) -> Self {
         let mut pos = Pos::from(*error.marker());
         let info = error.info();
-        let help = if info.contains("tab") {
+        let mentions_tabs = info
+            .split(|c: char| !c.is_ascii_alphabetic())
+            .any(|word| word == "tab" || word == "tabs");
+        let help = if mentions_tabs {
             // The parser notices a tab where it wants the next token; point
             // at the tab itself when the indentation of that line has one.
             if let Some(tab) = source
@@ -242,7 +245,9 @@ impl LoadError {
         } else if info.contains("indent") || info.contains("did not find expected") {
             Some("check the indentation: the keys of one mapping, and the `- ` items of one list, start in the same column".to_string())
         } else if info.contains("unknown anchor") {
-            Some("an alias `*name` refers to a value marked `&name` earlier in the file".to_string())
+            Some(
+                "an alias `*name` refers to a value marked `&name` earlier in the file".to_string(),
+            )
         } else if info.contains("mapping values are not allowed") {
             Some(
                 "put a value that contains `: ` in quotes, or check the indentation of this line"
@@ -288,6 +293,9 @@ enum Frame {
         start: Span,
         anchor: usize,
         entries: Vec<Entry>,
+        /// The keys in `entries` and where each was written, to find
+        /// duplicates without a quadratic search.
+        seen: HashMap<String, Span>,
         key: Option<PendingKey>,
         merges: Vec<Node>,
     },
@@ -379,6 +387,7 @@ impl Loader {
                     start: span,
                     anchor,
                     entries: Vec::new(),
+                    seen: HashMap::new(),
                     key: None,
                     merges: Vec::new(),
                 });
@@ -440,21 +449,24 @@ impl Loader {
     }
 
     fn on_key(&mut self, text: String, style: ScalarStyle, span: Span) -> Result<(), LoadError> {
-        let Some(Frame::Map { entries, key, .. }) = self.stack.last_mut() else {
+        let Some(Frame::Map { seen, key, .. }) = self.stack.last_mut() else {
             return Ok(());
         };
         let is_merge = style == ScalarStyle::Plain && text == "<<";
-        if !is_merge && let Some(first) = entries.iter().find(|e| e.key == text) {
+        if !is_merge && let Some(first) = seen.get(&text) {
             let mut error = LoadError::new(
                 span,
                 format!("duplicate key `{text}`"),
                 format!(
                     "`{text}` is already set on line {}; keep only one of them",
-                    first.key_span.start.line
+                    first.start.line
                 ),
             );
             error.path = self.current_path().key(&text);
             return Err(error);
+        }
+        if !is_merge {
+            seen.insert(text.clone(), span);
         }
         *key = Some(PendingKey {
             text,
@@ -479,11 +491,12 @@ impl Loader {
                 start,
                 anchor,
                 mut entries,
+                mut seen,
                 merges,
                 ..
             } => {
                 for merged in merges {
-                    merge_into(&mut entries, merged)?;
+                    merge_into(&mut entries, &mut seen, merged)?;
                 }
                 (Value::Map(entries), start, anchor)
             }
@@ -535,7 +548,11 @@ fn not_a_key(what: &str, span: Span) -> LoadError {
 
 /// Applies a `<<: *defaults` merge: the entries of the merged mapping(s) that
 /// the mapping does not set itself are added to it.
-fn merge_into(entries: &mut Vec<Entry>, merged: Node) -> Result<(), LoadError> {
+fn merge_into(
+    entries: &mut Vec<Entry>,
+    seen: &mut HashMap<String, Span>,
+    merged: Node,
+) -> Result<(), LoadError> {
     let span = merged.span;
     let sources = match merged.value {
         Value::Map(merged_entries) => vec![merged_entries],
@@ -551,7 +568,8 @@ fn merge_into(entries: &mut Vec<Entry>, merged: Node) -> Result<(), LoadError> {
     };
     for source in sources {
         for entry in source {
-            if !entries.iter().any(|e| e.key == entry.key) {
+            if !seen.contains_key(&entry.key) {
+                seen.insert(entry.key.clone(), entry.key_span);
                 entries.push(entry);
             }
         }

@@ -93,6 +93,15 @@ fn env_names_and_secret_refs() {
 }
 
 #[test]
+fn registry_secret_is_a_secret_name() {
+    let mut spec = web();
+    spec.registry_secret = Some("registry-login".into());
+    assert_eq!(validate_service(&spec), vec![]);
+    spec.registry_secret = Some("registry login".into());
+    assert_eq!(paths(&validate_service(&spec)), ["registry_secret"]);
+}
+
+#[test]
 fn ports_are_nonzero_and_unique() {
     let mut spec = web();
     spec.ports = vec![port(8000), port(0), port(8000)];

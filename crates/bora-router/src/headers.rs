@@ -37,6 +37,15 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// Does the request ask to switch protocols (`Connection: upgrade` plus an
 /// `Upgrade` header)?
+/// True when the request declares no body: no `Transfer-Encoding`, and no
+/// `Content-Length` other than 0.
+pub(crate) fn has_no_body(headers: &HeaderMap) -> bool {
+    !headers.contains_key(http::header::TRANSFER_ENCODING)
+        && headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() == b"0")
+}
+
 pub(crate) fn is_upgrade_request(headers: &HeaderMap) -> bool {
     headers.contains_key(UPGRADE) && connection_has_token(headers, "upgrade")
 }

@@ -110,6 +110,7 @@ impl Router {
         let upgrading = headers::is_upgrade_request(request.headers());
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut request));
         let (parts, body) = request.into_parts();
+        let bodiless = headers::has_no_body(&parts.headers);
         let mut request_headers = parts.headers;
         headers::strip_hop_by_hop(&mut request_headers, upgrading);
         headers::add_forwarding(&mut request_headers, client.ip().to_canonical(), &host);
@@ -119,6 +120,12 @@ impl Router {
             .path_and_query()
             .map_or("/", |path_and_query| path_and_query.as_str());
         let body = BodySlot::new(body);
+        // A bodiless GET, HEAD or OPTIONS may be sent again if the instance
+        // dropped the connection without answering: it changed nothing.
+        let replayable = !upgrading
+            && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
+            && bodiless;
+        let mut replayed = false;
 
         // 3. Pick an instance and send; retry once if the connect fails.
         let mut failed: Option<usize> = None;
@@ -138,7 +145,8 @@ impl Router {
             scope.update(|info| info.instance_id = Some(upstream.instance_id.clone()));
             scope.phase(Phase::Forwarding);
 
-            let may_retry = failed.is_none() && service.backends.len() > 1;
+            let may_retry =
+                (failed.is_none() && service.backends.len() > 1) || (replayable && !replayed);
             let attempt_headers = if may_retry {
                 request_headers.clone()
             } else {
@@ -155,12 +163,24 @@ impl Router {
                 Ok(Ok(response)) => break (response, upstream),
                 Ok(Err(error)) if error.is_connect() => {
                     let error = connect_error(error, upstream, self.config.connect_timeout);
-                    if error.retryable && may_retry && body.is_untouched() {
+                    if error.retryable
+                        && failed.is_none()
+                        && service.backends.len() > 1
+                        && body.is_untouched()
+                    {
                         tracing::debug!(%error, "connect failed; trying another instance");
                         failed = Some(index);
                         continue;
                     }
                     return Err(error);
+                }
+                Ok(Err(error)) if replayable && !replayed && closed_without_answer(&error) => {
+                    tracing::debug!(%error, "instance closed the connection unanswered; sending again");
+                    replayed = true;
+                    if service.backends.len() > 1 {
+                        failed = Some(index);
+                    }
+                    continue;
                 }
                 Ok(Err(error)) => return Err(upstream_failed(error, upstream)),
                 Err(_elapsed) => {
@@ -263,7 +283,25 @@ fn connect_error(
     .into()
 }
 
-/// A failure after the request started: never retried.
+/// The instance closed (or reset) the connection before any byte of a
+/// response: the one failure after sending that a replayable request may
+/// be retried on.
+fn closed_without_answer(error: &hyper_util::client::legacy::Error) -> bool {
+    if let Some(hyper_error) = find_cause::<hyper::Error>(error)
+        && hyper_error.is_incomplete_message()
+    {
+        return true;
+    }
+    find_cause::<io::Error>(error).is_some_and(|e| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+        )
+    })
+}
+
+/// A failure after the request started: retried only for replayable
+/// requests whose connection closed unanswered (see above).
 fn upstream_failed(
     error: hyper_util::client::legacy::Error,
     upstream: Box<Upstream>,

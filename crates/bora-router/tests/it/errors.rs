@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::harness::{
-    TestRouter, bounded, full, listen_same_port, lo, one_service, serve_named, serve_upstream,
+    TestRouter, bounded, full, listen_same_port, lo, one_service, send, serve_named, serve_upstream,
 };
 
 #[tokio::test]
@@ -78,34 +78,48 @@ async fn refused_connect_is_retried_on_the_other_instance() {
     .await;
 }
 
+/// An instance that reads the request and hangs up without answering, on
+/// lo(2); a well-behaved one counting its hits on lo(3).
+async fn rude_and_polite() -> (u16, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let mut listeners = listen_same_port(&[lo(2), lo(3)]).await;
+    let port = listeners[0].local_addr().unwrap().port();
+    let rude = listeners.remove(0);
+    let rude_hits = Arc::new(AtomicUsize::new(0));
+    let counted = rude_hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = rude.accept().await else {
+                return;
+            };
+            counted.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            drop(stream);
+        }
+    });
+    let polite_hits = Arc::new(AtomicUsize::new(0));
+    let hits = polite_hits.clone();
+    serve_upstream(listeners.remove(0), move |_request| {
+        hits.fetch_add(1, Ordering::SeqCst);
+        async { Response::new(full("b")) }
+    });
+    (port, rude_hits, polite_hits)
+}
+
 #[tokio::test]
-async fn request_sent_then_connection_dropped_is_502_and_not_retried() {
+async fn a_sent_request_with_a_body_is_never_retried() {
     bounded(async {
-        let mut listeners = listen_same_port(&[lo(2), lo(3)]).await;
-        let port = listeners[0].local_addr().unwrap().port();
-        // "a" reads the request, then hangs up without answering.
-        let rude = listeners.remove(0);
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut stream, _)) = rude.accept().await else {
-                    return;
-                };
-                let mut buf = [0u8; 1024];
-                let _ = stream.read(&mut buf).await;
-                drop(stream);
-            }
-        });
-        let b_hits = Arc::new(AtomicUsize::new(0));
-        let hits = b_hits.clone();
-        serve_upstream(listeners.remove(0), move |_request| {
-            hits.fetch_add(1, Ordering::SeqCst);
-            async { Response::new(full("b")) }
-        });
+        let (port, _, b_hits) = rude_and_polite().await;
         let router =
             TestRouter::start(one_service(port, &[("a", lo(2)), ("b", lo(3))]), |_| {}).await;
 
         // The balancer starts at the first instance: "a".
-        let (status, _, body) = router.get("web.hello.localhost", "/").await;
+        let request = router
+            .request("web.hello.localhost", "/")
+            .method("POST")
+            .body(full("order #1"))
+            .unwrap();
+        let (status, _, body) = send(request).await;
         assert_eq!(status, StatusCode::BAD_GATEWAY);
         assert!(
             body.starts_with(&format!(
@@ -116,7 +130,33 @@ async fn request_sent_then_connection_dropped_is_502_and_not_retried() {
         assert_eq!(
             b_hits.load(Ordering::SeqCst),
             0,
-            "a sent request is never retried"
+            "a sent request with a body is never retried"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_bodiless_get_dropped_unanswered_is_replayed_once() {
+    bounded(async {
+        let (port, a_hits, b_hits) = rude_and_polite().await;
+        let router =
+            TestRouter::start(one_service(port, &[("a", lo(2)), ("b", lo(3))]), |_| {}).await;
+        let (status, _, body) = router.get("web.hello.localhost", "/").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body, "b");
+        assert_eq!(a_hits.load(Ordering::SeqCst), 1);
+        assert_eq!(b_hits.load(Ordering::SeqCst), 1);
+
+        // With only the rude instance, the GET is sent twice, then fails.
+        let router = TestRouter::start(one_service(port, &[("a", lo(2))]), |_| {}).await;
+        let before = a_hits.load(Ordering::SeqCst);
+        let (status, _, _) = router.get("web.hello.localhost", "/").await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            a_hits.load(Ordering::SeqCst) - before,
+            2,
+            "one replay, no more"
         );
     })
     .await;
