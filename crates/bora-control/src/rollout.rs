@@ -130,7 +130,8 @@ async fn rollout(ctl: &Arc<Controller>, id: &str) -> Result<(), ControlError> {
                 .filter(|i| !i.state.is_final())
                 .map(|i| i.id.clone())
                 .collect();
-            ctl.stop_and_wait(&ids, "its deployment failed", false).await;
+            ctl.stop_and_wait(&ids, "its deployment failed", false)
+                .await;
             set(ctl, id, DeploymentStatus::Failed, &reason)?;
             return Ok(());
         }
