@@ -14,8 +14,6 @@
 //! restarted server finds what is still running ([`Node::recover`]) and
 //! cleans up what is not: no leaked processes, mounts, veths or addresses.
 
-#![deny(unsafe_code)]
-
 pub mod bundle;
 pub mod health;
 pub mod logs;

@@ -178,7 +178,9 @@ fn deploy_roll_out_a_new_version_without_failures_and_survive_a_restart() {
     // 4. Deleting the app stops everything and leaks nothing.
     server.cli_ok(&["apps", "delete", "hello"]);
     assert!(server.runc_containers().is_empty());
-    assert!(leftover_netns(&[id, live_id]).is_empty());
+    let ids = [id, live_id];
+    assert!(leftover_ips(&ids).is_empty(), "{:?}", leftover_ips(&ids));
+    assert!(leftover_netns(&ids).is_empty());
     assert!(
         mounts_under(&server.data_dir).is_empty(),
         "{:?}",
@@ -442,6 +444,7 @@ fn a_deployment_interrupted_by_kill_9_completes_after_restart_and_nothing_leaks(
         "{:?}",
         leftover_netns(&all)
     );
+    assert!(leftover_ips(&all).is_empty(), "{:?}", leftover_ips(&all));
     assert!(mounts_under(&server.data_dir).is_empty());
 }
 

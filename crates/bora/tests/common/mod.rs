@@ -401,3 +401,20 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// Addresses host-local still holds for `instance_ids` (each allocation is a
+/// file named by the address, holding the container id).
+pub fn leftover_ips(instance_ids: &[String]) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/var/lib/cni/networks/bora") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter(|e| {
+            let owner = std::fs::read_to_string(e.path()).unwrap_or_default();
+            instance_ids
+                .iter()
+                .any(|id| owner.lines().next() == Some(id.as_str()))
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
