@@ -459,3 +459,103 @@ fn gvisor_isolation_serves_too() {
     // The kernel the process sees is gVisor's, not the host's.
     server.cli_ok(&["apps", "delete", "hello"]);
 }
+
+#[test]
+fn replicas_share_traffic_and_failing_instances_restart_in_place() {
+    require_root();
+    let registry = Registry::start();
+    let v1 = registry.push_hello("hello", "1", "ok\n");
+    let server = Server::start();
+    let check = "    ports: [{ port: 8000 }]\n    health_check: { http: { path: /, port: 8000 }, grace_period: 1s, interval: 1s, restart_limit: 2 }\n    instance_type: nano\n";
+    let yaml = format!(
+        r#"app: hello
+services:
+  - name: web
+    image: {v1}
+    command: ["sh", "-c", "hostname > /www/host.txt && exec httpd -f -p 8000 -h /www"]
+    scaling: {{ min: 2, max: 2 }}
+{check}  - name: crashy
+    image: {v1}
+    command: ["sh", "-c", "echo booted; httpd -p 8000 -h /www; sleep 8; echo crashing; exit 7"]
+{check}  - name: sick
+    image: {v1}
+    command: ["sh", "-c", "httpd -p 8000 -h /www; sleep 8; rm /www/index.html; exec sleep 1000"]
+{check}"#
+    );
+    deploy_ok(&server, "many.yaml", &yaml);
+    let follower = std::process::Command::new(BORA)
+        .args(["logs", "hello/crashy", "--follow", "--tail", "0"])
+        .env("BORA_DATA_DIR", &server.data_dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+
+    // Two replicas, both reached through the router.
+    let web = instances(&server, "?app=hello&service=web");
+    assert_eq!(web.len(), 2);
+    let mut hosts = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let (status, host) = server.get(HOST, "/host.txt").unwrap();
+        assert_eq!(status, 200);
+        hosts.insert(host);
+    }
+    assert_eq!(hosts.len(), 2, "both replicas answered: {hosts:?}");
+
+    // Each runs under its instance type's cgroup limits (nano).
+    for i in &web {
+        let id = i["id"].as_str().unwrap();
+        let read = |f: &str| std::fs::read_to_string(format!("/sys/fs/cgroup/{f}")).unwrap();
+        assert_eq!(
+            read(&format!("memory/bora/{id}/memory.limit_in_bytes")).trim(),
+            "268435456"
+        );
+        assert_eq!(read(&format!("pids/bora/{id}/pids.max")).trim(), "128");
+        assert_eq!(
+            read(&format!("cpu/bora/{id}/cpu.cfs_quota_us")).trim(),
+            "10000"
+        );
+    }
+
+    // A healthy instance whose process exits is restarted in place, and one
+    // that keeps failing its checks too; both come back healthy.
+    for (service, why) in [
+        ("crashy", "exited with code 7"),
+        ("sick", "health checks failed in a row"),
+    ] {
+        let id = instances(&server, &format!("?app=hello&service={service}"))[0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let instance = server.wait_until(
+            &format!("{service} to restart and recover"),
+            Duration::from_secs(90),
+            || {
+                let i = server.api_get(&format!("/v1/instances/{id}"));
+                (i["restarts"].as_u64().unwrap() >= 1 && i["state"] == "healthy").then_some(i)
+            },
+        );
+        let reasons: Vec<&str> = instance["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["reason"].as_str().unwrap())
+            .collect();
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.starts_with("restarting") && r.contains(why)),
+            "{reasons:?}"
+        );
+    }
+
+    // `bora logs --follow` showed the crashy instance's lines as they came.
+    let _ = std::process::Command::new("kill")
+        .arg(follower.id().to_string())
+        .status();
+    let out = follower.wait_with_output().unwrap();
+    let followed = String::from_utf8_lossy(&out.stdout);
+    assert!(followed.contains("crashing"), "{followed}");
+    assert!(followed.matches("booted").count() >= 1, "{followed}");
+    server.cli_ok(&["apps", "delete", "hello"]);
+}

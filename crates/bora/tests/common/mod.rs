@@ -110,7 +110,9 @@ impl Registry {
             std::fs::create_dir_all(rootfs.join(d)).unwrap();
         }
         std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-        for applet in ["sh", "httpd", "echo", "cat", "sleep", "env", "ls"] {
+        for applet in [
+            "sh", "httpd", "echo", "cat", "sleep", "env", "ls", "rm", "hostname",
+        ] {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
         }
         std::fs::write(rootfs.join("www/index.html"), body).unwrap();
