@@ -156,10 +156,8 @@ async fn server(data_dir: PathBuf, args: ServerArgs) -> anyhow::Result<()> {
     println!("bora: API listening on http://{}", handle.api_addr);
     println!("bora: router listening on http://{}", handle.http_addr);
     println!("bora: ready");
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for ctrl-c")?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
