@@ -37,7 +37,9 @@
 mod blob;
 pub mod error;
 mod layout;
-mod manifest;
+/// Manifest, index and config parsing. Public for the fuzz targets.
+#[doc(hidden)]
+pub mod manifest;
 mod platform;
 pub mod reference;
 mod registry;
