@@ -321,6 +321,14 @@ impl Controller {
         Ok(i)
     }
 
+    /// The instances of a deployment that are not stopped or failed.
+    pub(crate) fn live_instances(&self, deployment: &str) -> Result<Vec<Instance>, ControlError> {
+        Ok(self.store.list_instances(&InstanceFilter {
+            deployment: Some(deployment),
+            ..Default::default()
+        })?)
+    }
+
     // ---- routing ---------------------------------------------------------
 
     /// Rebuilds the router's table from the store: each web service routes
@@ -343,11 +351,7 @@ impl Controller {
                 continue;
             }
             let backends = self
-                .store
-                .list_instances(&InstanceFilter {
-                    deployment: Some(active),
-                    ..Default::default()
-                })?
+                .live_instances(active)?
                 .into_iter()
                 .filter(|i| i.state == InstanceState::Healthy)
                 .filter_map(|i| {
@@ -624,11 +628,7 @@ impl Controller {
                 continue;
             }
             let live = self
-                .store
-                .list_instances(&InstanceFilter {
-                    deployment: Some(active),
-                    ..Default::default()
-                })?
+                .live_instances(active)?
                 .into_iter()
                 .filter(|i| i.state != InstanceState::Draining)
                 .count();

@@ -182,7 +182,8 @@ async fn rollout(ctl: &Arc<Controller>, id: &str) -> Result<(), ControlError> {
 
 /// Drains and stops every instance of a replaced deployment.
 async fn drain_deployment(ctl: &Arc<Controller>, old: &Deployment) -> Result<(), ControlError> {
-    let ids: Vec<String> = live_instances(ctl, &old.id)?
+    let ids: Vec<String> = ctl
+        .live_instances(&old.id)?
         .into_iter()
         .map(|i| i.id)
         .collect();
@@ -198,16 +199,6 @@ async fn drain_deployment(ctl: &Arc<Controller>, old: &Deployment) -> Result<(),
     Ok(())
 }
 
-fn live_instances(
-    ctl: &Controller,
-    deployment: &str,
-) -> Result<Vec<bora_api::Instance>, ControlError> {
-    Ok(ctl.store.list_instances(&InstanceFilter {
-        deployment: Some(deployment),
-        ..Default::default()
-    })?)
-}
-
 /// A newer deployment of the same service was created: this one gives way,
 /// stopping the instances it started.
 async fn superseded(ctl: &Arc<Controller>, d: &Deployment) -> Result<bool, ControlError> {
@@ -221,7 +212,8 @@ async fn superseded(ctl: &Arc<Controller>, d: &Deployment) -> Result<bool, Contr
         let reason = "a newer deployment of the service started before this one became healthy";
         set(ctl, &d.id, DeploymentStatus::Canceled, reason)?;
     }
-    let ids: Vec<String> = live_instances(ctl, &d.id)?
+    let ids: Vec<String> = ctl
+        .live_instances(&d.id)?
         .into_iter()
         .map(|i| i.id)
         .collect();

@@ -39,6 +39,23 @@ fn deploy_ok(server: &Server, file: &str, yaml: &str) -> String {
     ])
 }
 
+/// Deploys with `--wait` and expects the deployment to fail (exit code 1);
+/// returns everything the CLI printed.
+fn deploy_fails(server: &Server, file: &str, yaml: &str) -> String {
+    let path = server.write_manifest(file, yaml);
+    let out = server.cli(&[
+        "deploy",
+        "-f",
+        path.to_str().unwrap(),
+        "--wait",
+        "--timeout",
+        "2m",
+    ]);
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    all
+}
+
 fn body(server: &Server) -> String {
     let (status, body) = server.get(HOST, "/").expect("request through the router");
     assert_eq!(status, 200, "body: {body}");
@@ -200,29 +217,8 @@ fn broken_deployments_fail_with_the_reason_and_the_previous_one_keeps_serving() 
     assert_eq!(body(&server), "still v1\n");
 
     // A command that exits at once.
-    let path = server.write_manifest(
-        "exits.yaml",
-        &manifest(
-            &v1,
-            "    command: [\"sh\", \"-c\", \"echo boom >&2; exit 3\"]\n",
-        ),
-    );
-    let out = server.cli(&[
-        "deploy",
-        "-f",
-        path.to_str().unwrap(),
-        "--wait",
-        "--timeout",
-        "2m",
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    let all = format!("{}{}", stdout(&out), stderr(&out));
+    let exits = "    command: [\"sh\", \"-c\", \"echo boom >&2; exit 3\"]\n";
+    let all = deploy_fails(&server, "exits.yaml", &manifest(&v1, exits));
     assert!(all.contains("exited with code 3"), "{all}");
     assert!(
         all.contains("boom"),
@@ -231,60 +227,18 @@ fn broken_deployments_fail_with_the_reason_and_the_previous_one_keeps_serving() 
     assert_eq!(body(&server), "still v1\n");
 
     // A port nothing listens on.
-    let path = server.write_manifest(
-        "noport.yaml",
-        &manifest(
-            &v1,
-            "    command: [\"httpd\", \"-f\", \"-p\", \"8001\", \"-h\", \"/www\"]\n",
-        ),
-    );
-    let out = server.cli(&[
-        "deploy",
-        "-f",
-        path.to_str().unwrap(),
-        "--wait",
-        "--timeout",
-        "2m",
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    let all = format!("{}{}", stdout(&out), stderr(&out));
+    let wrong_port = "    command: [\"httpd\", \"-f\", \"-p\", \"8001\", \"-h\", \"/www\"]\n";
+    let all = deploy_fails(&server, "noport.yaml", &manifest(&v1, wrong_port));
     assert!(all.contains("never became healthy"), "{all}");
     assert_eq!(body(&server), "still v1\n");
 
     // An image that does not exist.
     let missing = format!("{}/nope:1", registry.addr);
-    let path = server.write_manifest("missing.yaml", &manifest(&missing, ""));
-    let out = server.cli(&[
-        "deploy",
-        "-f",
-        path.to_str().unwrap(),
-        "--wait",
-        "--timeout",
-        "2m",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    let all = format!("{}{}", stdout(&out), stderr(&out));
+    let all = deploy_fails(&server, "missing.yaml", &manifest(&missing, ""));
     assert!(all.contains("not found"), "{all}");
 
     // A registry that is down.
-    let down = "127.0.0.1:1/hello:1";
-    let path = server.write_manifest("down.yaml", &manifest(down, ""));
-    let out = server.cli(&[
-        "deploy",
-        "-f",
-        path.to_str().unwrap(),
-        "--wait",
-        "--timeout",
-        "2m",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    let all = format!("{}{}", stdout(&out), stderr(&out));
+    let all = deploy_fails(&server, "down.yaml", &manifest("127.0.0.1:1/hello:1", ""));
     assert!(
         all.contains("127.0.0.1:1"),
         "the error names the registry: {all}"
