@@ -150,6 +150,83 @@ const CAPABILITIES: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
+/// System calls an instance never needs and that reach kernel state shared
+/// with the host (keyrings, modules, clocks, swap, mounts, io_uring's large
+/// attack surface…). Most are also gated by capabilities the instance does
+/// not have; the filter is the second wall. They fail with EPERM.
+const DENIED_SYSCALLS: &[&str] = &[
+    "acct",
+    "add_key",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "create_module",
+    "delete_module",
+    "finit_module",
+    "fsconfig",
+    "fsmount",
+    "fsopen",
+    "fspick",
+    "get_kernel_syms",
+    "init_module",
+    "io_uring_enter",
+    "io_uring_register",
+    "io_uring_setup",
+    "ioperm",
+    "iopl",
+    "kcmp",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mount",
+    "mount_setattr",
+    "move_mount",
+    "name_to_handle_at",
+    "nfsservctl",
+    "open_by_handle_at",
+    "open_tree",
+    "perf_event_open",
+    "pivot_root",
+    "process_vm_readv",
+    "process_vm_writev",
+    "query_module",
+    "quotactl",
+    "reboot",
+    "request_key",
+    "setns",
+    "settimeofday",
+    "swapoff",
+    "swapon",
+    "sysfs",
+    "_sysctl",
+    "umount2",
+    "unshare",
+    "uselib",
+    "userfaultfd",
+    "ustat",
+];
+
+/// The seccomp filter for `isolation: container`: allow by default, deny
+/// [`DENIED_SYSCALLS`], on this machine's architecture and its 32-bit
+/// companions (so the 32-bit entry points are filtered too).
+pub fn seccomp_profile() -> Value {
+    let architectures: &[&str] = match std::env::consts::ARCH {
+        "x86_64" => &["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "aarch64" => &["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
+        _ => &[],
+    };
+    json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": architectures,
+        "syscalls": [{
+            "names": DENIED_SYSCALLS,
+            "action": "SCMP_ACT_ERRNO",
+            "errnoRet": 1
+        }]
+    })
+}
+
 /// Where the instance's files are, for the bind mounts.
 pub struct BundlePaths<'a> {
     pub hosts: &'a Path,
@@ -181,6 +258,8 @@ pub fn runtime_config(
     if isolation == Isolation::Container {
         namespaces.push(json!({"type": "network", "path": paths.netns}));
     }
+    // gVisor filters system calls in its own kernel; runc needs the filter.
+    let seccomp = (isolation == Isolation::Container).then(seccomp_profile);
     let caps = CAPABILITIES;
     let bind = |dest: &str, src: &Path| json!({"destination": dest, "type": "bind", "source": src, "options": ["rbind", "rprivate"]});
     json!({
@@ -230,7 +309,8 @@ pub fn runtime_config(
             ],
             "readonlyPaths": [
                 "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"
-            ]
+            ],
+            "seccomp": seccomp
         }
     })
 }
@@ -346,5 +426,27 @@ mod tests {
         let g = runtime_config(&p, "h", limits, Isolation::Gvisor, "/bora/x", &paths);
         let ns = g["linux"]["namespaces"].as_array().unwrap();
         assert!(!ns.iter().any(|n| n["type"] == "network"));
+
+        // runc containers get the seccomp filter; gVisor has its own kernel.
+        let denied = &c["linux"]["seccomp"]["syscalls"][0];
+        assert_eq!(denied["action"], "SCMP_ACT_ERRNO");
+        let names: Vec<&str> = denied["names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap())
+            .collect();
+        for dangerous in [
+            "keyctl",
+            "bpf",
+            "init_module",
+            "io_uring_setup",
+            "unshare",
+            "mount",
+        ] {
+            assert!(names.contains(&dangerous), "{dangerous} is denied");
+        }
+        assert_eq!(c["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
+        assert!(g["linux"]["seccomp"].is_null());
     }
 }

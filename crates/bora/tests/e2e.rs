@@ -426,7 +426,7 @@ fn replicas_share_traffic_and_failing_instances_restart_in_place() {
 services:
   - name: web
     image: {v1}
-    command: ["sh", "-c", "hostname > /www/host.txt && exec httpd -f -p 8000 -h /www"]
+    command: ["sh", "-c", "hostname > /www/host.txt && grep Seccomp: /proc/self/status > /www/seccomp.txt && exec httpd -f -p 8000 -h /www"]
     scaling: {{ min: 2, max: 2 }}
 {check}  - name: crashy
     image: {v1}
@@ -455,6 +455,14 @@ services:
         hosts.insert(host);
     }
     assert_eq!(hosts.len(), 2, "both replicas answered: {hosts:?}");
+
+    // Processes run under Bora's seccomp filter (mode 2: filtering).
+    let (_, seccomp) = server.get(HOST, "/seccomp.txt").unwrap();
+    assert_eq!(
+        seccomp.split_whitespace().collect::<Vec<_>>(),
+        ["Seccomp:", "2"],
+        "{seccomp}"
+    );
 
     // Each runs under its instance type's cgroup limits (nano).
     for i in &web {
