@@ -519,6 +519,36 @@ services:
     let followed = String::from_utf8_lossy(&out.stdout);
     assert!(followed.contains("crashing"), "{followed}");
     assert!(followed.matches("booted").count() >= 1, "{followed}");
+
+    // Deleting an instance drains it; the controller starts a replacement.
+    let gone = web[0]["id"].as_str().unwrap().to_string();
+    server.cli_ok(&["instances", "delete", &gone]);
+    server.wait_until("a replacement instance", Duration::from_secs(90), || {
+        let now = instances(&server, "?app=hello&service=web");
+        let healthy = now.iter().filter(|i| i["state"] == "healthy").count();
+        (healthy == 2 && now.iter().all(|i| i["id"] != gone.as_str())).then_some(())
+    });
+    assert_eq!(
+        server.api_get(&format!("/v1/instances/{gone}"))["state"],
+        "stopped"
+    );
+
+    // The deployment that serves cannot be deleted; the service can.
+    let active = server.api_get("/v1/apps/hello/services/sick")["active_deployment"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = server.cli(&["deployments", "delete", &active]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("bora services delete hello/sick"),
+        "{}",
+        stderr(&out)
+    );
+    server.cli_ok(&["services", "delete", "hello/sick"]);
+    let out = server.cli(&["services", "get", "hello/sick"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
     server.cli_ok(&["apps", "delete", "hello"]);
 }
 
