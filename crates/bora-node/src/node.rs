@@ -89,6 +89,9 @@ struct InstanceRecord {
     id: String,
     isolation: Isolation,
     ip: Option<IpAddr>,
+    /// The image's `StopSignal` (e.g. `SIGQUIT`), sent instead of SIGTERM.
+    #[serde(default)]
+    stop_signal: Option<String>,
 }
 
 /// The node agent. Cheap to share behind an `Arc`.
@@ -174,6 +177,7 @@ impl Node {
             id: id.clone(),
             isolation: spec.isolation,
             ip: None,
+            stop_signal: spec.image.config.stop_signal.clone(),
         };
         self.write_record(&record)?;
 
@@ -341,10 +345,12 @@ impl Node {
     /// Stops an instance: SIGTERM, up to `grace` to exit, then SIGKILL; then
     /// tears down everything it had except its logs.
     pub async fn stop(&self, id: &str, grace: Duration) -> Result<(), NodeError> {
-        let isolation = self.record(id).map(|r| r.isolation).unwrap_or_default();
+        let record = self.record(id);
+        let isolation = record.as_ref().map(|r| r.isolation).unwrap_or_default();
+        let signal = stop_signal(record.as_ref().and_then(|r| r.stop_signal.as_deref()));
         let runtime = self.runtime(isolation);
         if self.status(id) == InstanceStatus::Running {
-            if let Err(e) = runtime.kill(id, "TERM").await {
+            if let Err(e) = runtime.kill(id, &signal).await {
                 tracing::debug!(instance = %id, error = %e, "SIGTERM");
             }
             let deadline = Instant::now() + grace;
@@ -437,6 +443,17 @@ impl Node {
     }
 }
 
+/// The signal that asks an instance to stop: the image's `StopSignal` when
+/// it names one (`SIGQUIT`, `QUIT`, `3`), SIGTERM otherwise.
+fn stop_signal(image_stop_signal: Option<&str>) -> String {
+    match image_stop_signal.map(str::trim) {
+        Some(s) if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric()) => {
+            s.strip_prefix("SIG").unwrap_or(s).to_string()
+        }
+        _ => "TERM".to_string(),
+    }
+}
+
 fn describe_exit(exit: &ExitStatus) -> String {
     match (exit.code, exit.signal) {
         (Some(code), _) => format!("the process exited with code {code}"),
@@ -471,4 +488,19 @@ fn host_resolv_conf() -> String {
         }
     }
     "nameserver 1.1.1.1\n".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_images_stop_signal_wins_over_sigterm() {
+        assert_eq!(stop_signal(None), "TERM");
+        assert_eq!(stop_signal(Some("SIGQUIT")), "QUIT");
+        assert_eq!(stop_signal(Some("WINCH")), "WINCH");
+        assert_eq!(stop_signal(Some("3")), "3");
+        assert_eq!(stop_signal(Some("")), "TERM");
+        assert_eq!(stop_signal(Some("--all")), "TERM");
+    }
 }

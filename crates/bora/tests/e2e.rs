@@ -699,3 +699,37 @@ fn instances_are_reachable_through_the_router_but_not_from_outside_the_host() {
     );
     server.cli_ok(&["apps", "delete", "hello"]);
 }
+
+#[test]
+fn instances_are_stopped_with_the_images_stop_signal() {
+    require_root();
+    let registry = Registry::start();
+    let quits = registry.push_hello_with("hello", "1", "ok\n", &["--config.stopsignal=SIGQUIT"]);
+    let server = Server::start();
+    // PID 1 ignores SIGTERM (as shells and many servers do) but exits
+    // cleanly on SIGQUIT, the image's stop signal.
+    let cmd = "    command: [\"sh\", \"-c\", \"trap 'exit 0' QUIT; httpd -p 8000 -h /www; while true; do sleep 1; done\"]\n";
+    deploy_ok(&server, "q.yaml", &manifest(&quits, cmd));
+    let id = instances(&server, "?app=hello")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    server.cli_ok(&["instances", "delete", &id]);
+    server.wait_until("the instance to stop", Duration::from_secs(60), || {
+        (server.api_get(&format!("/v1/instances/{id}"))["state"] == "stopped").then_some(())
+    });
+    // Stopped by its stop signal (exit 0), not killed after the grace period.
+    let exit: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            server
+                .data_dir
+                .join("instances")
+                .join(&id)
+                .join("exit.json"),
+        )
+        .unwrap_or_default(),
+    )
+    .unwrap_or(serde_json::Value::Null);
+    assert_eq!(exit["code"], 0, "exit record: {exit}");
+    server.cli_ok(&["apps", "delete", "hello"]);
+}

@@ -94,6 +94,18 @@ impl Registry {
     /// `httpd` on port 8000 as its command, and pushes it as `name:tag`.
     /// Returns the image reference.
     pub fn push_hello(&self, name: &str, tag: &str, body: &str) -> String {
+        self.push_hello_with(name, tag, body, &[])
+    }
+
+    /// Like [`Registry::push_hello`], with extra `umoci config` arguments
+    /// (e.g. `--config.stopsignal=SIGQUIT`).
+    pub fn push_hello_with(
+        &self,
+        name: &str,
+        tag: &str,
+        body: &str,
+        config_args: &[&str],
+    ) -> String {
         let dir = tempfile::tempdir().unwrap();
         let layout = dir.path().join("layout");
         let bundle = dir.path().join("bundle");
@@ -124,6 +136,7 @@ impl Registry {
         for arg in ["httpd", "-f", "-p", "8000", "-h", "/www"] {
             config.args(["--config.cmd", arg]);
         }
+        config.args(config_args);
         run(&mut config);
         let reference = format!("{}/{name}:{tag}", self.addr);
         run(Command::new("skopeo")
