@@ -434,7 +434,12 @@ services:
 {check}  - name: sick
     image: {v1}
     command: ["sh", "-c", "httpd -p 8000 -h /www; sleep 8; rm /www/index.html; exec sleep 1000"]
-{check}"#
+{check}  - name: ticker
+    type: worker
+    image: {v1}
+    command: ["sh", "-c", "while true; do echo tick; sleep 1; done"]
+    instance_type: nano
+"#
     );
     deploy_ok(&server, "many.yaml", &yaml);
     let follower = std::process::Command::new(BORA)
@@ -444,6 +449,16 @@ services:
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+
+    // A worker runs without a route or a URL.
+    let ticker = server.api_get("/v1/apps/hello/services/ticker");
+    assert!(ticker["url"].is_null(), "{ticker}");
+    assert_eq!(
+        instances(&server, "?app=hello&service=ticker")[0]["state"],
+        "healthy"
+    );
+    let (status, _) = server.get("ticker.hello.localhost", "/").unwrap();
+    assert_eq!(status, 404);
 
     // Two replicas, both reached through the router.
     let web = instances(&server, "?app=hello&service=web");
