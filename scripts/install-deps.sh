@@ -45,6 +45,15 @@ else
   say "installed ${missing[*]}"
 fi
 
+# The engine's tests fetch their models with pip and drive the engine with
+# the OpenAI Python SDK in a virtualenv.
+if ! python3 -c 'import venv, ensurepip, pip' >/dev/null 2>&1; then
+  say "installing python3 with pip and venv"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends python3 python3-pip python3-venv >/dev/null
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   say "cargo (Rust) is missing: install Rust with rustup (https://rustup.rs) and run this again"
   exit 1

@@ -16,5 +16,8 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "test: installing cargo-nextest" >&2
   cargo install --locked cargo-nextest
 fi
+echo "test: fetching the test models (cached after the first run)" >&2
+scripts/fetch-models.sh >/dev/null
+
 echo "test: cargo nextest run --workspace" >&2
 cargo nextest run --workspace --no-fail-fast

@@ -26,6 +26,9 @@ struct Cli {
 enum Command {
     /// Run the control plane, node agent and router on this machine.
     Server(ServerArgs),
+    /// Run the built-in LLM inference engine.
+    #[command(subcommand)]
+    Engine(EngineCommand),
     /// Stop and remove every instance of a data directory (with its server stopped).
     Reset(ResetArgs),
     /// Supervise one instance (started by the node agent, not by hand).
@@ -66,6 +69,29 @@ struct ServerArgs {
     cni_bin_dir: PathBuf,
 }
 
+#[derive(Subcommand)]
+enum EngineCommand {
+    /// Serve a GGUF model (and optionally a BERT embedding model) with an
+    /// OpenAI-compatible API.
+    Serve(EngineServeArgs),
+}
+
+#[derive(Args)]
+struct EngineServeArgs {
+    /// The chat model: a GGUF file (Llama architecture).
+    #[arg(long)]
+    model: PathBuf,
+    /// Its name in the API (default: the file name without extension).
+    #[arg(long)]
+    name: Option<String>,
+    /// Listen address (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    listen: SocketAddr,
+    /// A BERT embedding model directory (model.safetensors, tokenizer.json, config.json).
+    #[arg(long)]
+    embedding_model: Option<PathBuf>,
+}
+
 #[derive(Args)]
 struct ResetArgs {
     /// The bridge the data directory's instances were attached to.
@@ -99,6 +125,19 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Engine(EngineCommand::Serve(args)) => {
+            init_tracing();
+            let mut opts = bora_engine::ServeOptions::new(args.model, args.listen);
+            opts.name = args.name;
+            opts.embedding_model = args.embedding_model;
+            match runtime().block_on(bora_engine::serve(opts)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -1,0 +1,281 @@
+//! The generation loop for one sequence: prefill the prompt, then sample,
+//! detokenize, watch for stop strings and limits, token by token.
+//!
+//! It is written against the [`LanguageModel`] trait so it can be tested
+//! with a scripted fake model, and so a batching scheduler can later drive
+//! the same per-sequence state ([`Sampler`], [`TextStream`], [`StopMatcher`])
+//! one step at a time.
+
+use crate::error::Result;
+use crate::llama::{KvCache, Llama};
+use crate::sampling::{Sampler, SamplingParams};
+use crate::stop::{StopMatcher, StopOutcome};
+use crate::tokenizer::{TextStream, TextTokenizer};
+
+/// A model that maps tokens to next-token logits, with per-sequence state.
+pub trait LanguageModel {
+    /// Per-sequence state (the KV cache).
+    type Cache;
+    /// A fresh state for a new sequence.
+    fn new_cache(&self) -> Self::Cache;
+    /// Appends `tokens` to the sequence and returns the next-token logits.
+    fn forward(&self, tokens: &[u32], cache: &mut Self::Cache) -> Result<Vec<f32>>;
+}
+
+impl LanguageModel for Llama {
+    type Cache = KvCache;
+
+    fn new_cache(&self) -> KvCache {
+        Llama::new_cache(self)
+    }
+
+    fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+        Llama::forward(self, tokens, cache)
+    }
+}
+
+/// Why generation ended, as OpenAI reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// The model ended its turn, or a stop string matched.
+    Stop,
+    /// `max_tokens` or the context window was reached.
+    Length,
+}
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenerateParams {
+    /// The prompt's token ids (non-empty).
+    pub prompt_ids: Vec<u32>,
+    /// Upper bound on generated tokens.
+    pub max_tokens: usize,
+    /// Token selection.
+    pub sampling: SamplingParams,
+    /// Stop strings; the output ends before the first match.
+    pub stop: Vec<String>,
+}
+
+/// The result of one generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// The generated text (without the stop string or end-of-turn token).
+    pub text: String,
+    /// Every sampled token id, including a final end-of-turn token.
+    pub token_ids: Vec<u32>,
+    /// Why it ended.
+    pub finish_reason: FinishReason,
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Tokens sampled.
+    pub completion_tokens: usize,
+}
+
+/// Whether the consumer of streamed text still wants more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep generating.
+    Continue,
+    /// Stop now (the client went away).
+    Cancel,
+}
+
+/// Generates text for `params`, calling `on_text` with each new piece of
+/// text as soon as it is final. Returns early, with what it has, when
+/// `on_text` says [`Flow::Cancel`].
+pub fn generate<M: LanguageModel>(
+    model: &M,
+    tokenizer: &TextTokenizer,
+    context_length: usize,
+    params: GenerateParams,
+    mut on_text: impl FnMut(&str) -> Flow,
+) -> Result<Generation> {
+    let prompt_tokens = params.prompt_ids.len();
+    let mut cache = model.new_cache();
+    let mut logits = model.forward(&params.prompt_ids, &mut cache)?;
+    let mut sampler = Sampler::new(params.sampling);
+    let mut stream = TextStream::default();
+    let mut stops = StopMatcher::new(params.stop);
+    let mut text = String::new();
+    let mut token_ids = Vec::new();
+    let mut emit = |piece: String, text: &mut String| {
+        if piece.is_empty() {
+            return Flow::Continue;
+        }
+        text.push_str(&piece);
+        on_text(&piece)
+    };
+    let finish_reason = loop {
+        if token_ids.len() >= params.max_tokens || prompt_tokens + token_ids.len() >= context_length
+        {
+            break FinishReason::Length;
+        }
+        let id = sampler.sample(&mut logits);
+        token_ids.push(id);
+        if tokenizer.is_end_of_generation(id) {
+            break FinishReason::Stop;
+        }
+        if let Some(delta) = stream.push(tokenizer, id)? {
+            match stops.push(&delta) {
+                StopOutcome::Continue(piece) => {
+                    if emit(piece, &mut text) == Flow::Cancel {
+                        break FinishReason::Stop;
+                    }
+                }
+                StopOutcome::Stopped(piece) => {
+                    emit(piece, &mut text);
+                    return Ok(Generation {
+                        text,
+                        completion_tokens: token_ids.len(),
+                        token_ids,
+                        finish_reason: FinishReason::Stop,
+                        prompt_tokens,
+                    });
+                }
+            }
+        }
+        if token_ids.len() >= params.max_tokens {
+            continue; // the check at the top ends it without another forward pass
+        }
+        logits = model.forward(&[id], &mut cache)?;
+    };
+    // Flush text held back for UTF-8 completion or a possible stop string.
+    if let Some(rest) = stream.flush(tokenizer)? {
+        match stops.push(&rest) {
+            StopOutcome::Continue(piece) | StopOutcome::Stopped(piece) => {
+                emit(piece, &mut text);
+            }
+        }
+    }
+    let rest = stops.finish();
+    emit(rest, &mut text);
+    Ok(Generation {
+        text,
+        completion_tokens: token_ids.len(),
+        token_ids,
+        finish_reason,
+        prompt_tokens,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::gguf::TokenizerMetadata;
+
+    /// A tiny byte-level vocabulary: `a`..`e`, a space (`Ġ`), `<|im_end|>`.
+    pub(crate) fn tiny_tokenizer() -> TextTokenizer {
+        let tokens: Vec<String> = ["<|im_end|>", "a", "b", "c", "d", "e", "Ġ"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut token_types = vec![1; tokens.len()];
+        token_types[0] = 3;
+        TextTokenizer::from_gguf(&TokenizerMetadata {
+            model: "gpt2".into(),
+            pre: Some("gpt2".into()),
+            tokens,
+            token_types,
+            merges: vec![],
+            bos_token_id: None,
+            eos_token_id: Some(0),
+            eot_token_id: None,
+            add_bos_token: false,
+        })
+        .unwrap()
+    }
+
+    /// Emits a fixed token script, one token per step (greedy picks it).
+    struct Scripted(Vec<u32>);
+
+    impl LanguageModel for Scripted {
+        type Cache = usize;
+        fn new_cache(&self) -> usize {
+            0
+        }
+        fn forward(&self, tokens: &[u32], step: &mut usize) -> Result<Vec<f32>> {
+            assert!(!tokens.is_empty());
+            let mut logits = vec![0.0; 7];
+            let next = self.0.get(*step).copied().unwrap_or(0);
+            logits[next as usize] = 10.0;
+            *step += 1;
+            Ok(logits)
+        }
+    }
+
+    fn run(script: &[u32], max_tokens: usize, stop: &[&str]) -> (Generation, Vec<String>) {
+        let tok = tiny_tokenizer();
+        let mut pieces = Vec::new();
+        let g = generate(
+            &Scripted(script.to_vec()),
+            &tok,
+            100,
+            GenerateParams {
+                prompt_ids: vec![1, 2],
+                max_tokens,
+                sampling: SamplingParams::greedy(),
+                stop: stop.iter().map(|s| s.to_string()).collect(),
+            },
+            |p| {
+                pieces.push(p.to_string());
+                Flow::Continue
+            },
+        )
+        .unwrap();
+        (g, pieces)
+    }
+
+    #[test]
+    fn stops_at_end_of_turn_token() {
+        let (g, pieces) = run(&[1, 6, 2, 0, 3], 10, &[]);
+        assert_eq!(g.text, "a b");
+        assert_eq!(pieces.concat(), "a b");
+        assert_eq!(g.finish_reason, FinishReason::Stop);
+        assert_eq!((g.prompt_tokens, g.completion_tokens), (2, 4));
+    }
+
+    #[test]
+    fn max_tokens_gives_length() {
+        let (g, _) = run(&[1, 2, 3, 4, 5], 3, &[]);
+        assert_eq!(g.text, "abc");
+        assert_eq!(g.finish_reason, FinishReason::Length);
+        assert_eq!(g.completion_tokens, 3);
+    }
+
+    #[test]
+    fn stop_string_cuts_output() {
+        let (g, pieces) = run(&[1, 2, 3, 4, 5], 10, &["cd"]);
+        assert_eq!(g.text, "ab");
+        assert_eq!(pieces.concat(), "ab");
+        assert_eq!(g.finish_reason, FinishReason::Stop);
+        assert_eq!(g.completion_tokens, 4);
+    }
+
+    #[test]
+    fn held_back_text_is_flushed_at_the_end() {
+        let (g, _) = run(&[1, 2, 3], 3, &["cx"]);
+        assert_eq!(g.text, "abc");
+        assert_eq!(g.finish_reason, FinishReason::Length);
+    }
+
+    #[test]
+    fn context_window_bounds_generation() {
+        let tok = tiny_tokenizer();
+        let g = generate(
+            &Scripted(vec![1; 50]),
+            &tok,
+            5,
+            GenerateParams {
+                prompt_ids: vec![1, 2],
+                max_tokens: 100,
+                sampling: SamplingParams::greedy(),
+                stop: vec![],
+            },
+            |_| Flow::Continue,
+        )
+        .unwrap();
+        assert_eq!(g.completion_tokens, 3);
+        assert_eq!(g.finish_reason, FinishReason::Length);
+    }
+}

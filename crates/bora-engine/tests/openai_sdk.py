@@ -1,0 +1,116 @@
+"""Drives a running `bora engine serve` with the official OpenAI Python SDK.
+
+Usage: python openai_sdk.py BASE_URL CHAT_MODEL EMBEDDING_MODEL
+Exits non-zero on the first failed check; prints one line per check.
+"""
+
+import math
+import sys
+
+import openai
+
+base_url, chat_model, embedding_model = sys.argv[1:4]
+client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=600)
+PARIS = [{"role": "user", "content": "What is the capital city of France? Answer in one sentence."}]
+
+
+def check(name, cond, detail=""):
+    if not cond:
+        print(f"FAIL {name}: {detail}", flush=True)
+        sys.exit(1)
+    print(f"ok   {name}", flush=True)
+
+
+# Models.
+ids = [m.id for m in client.models.list().data]
+check("models.list", chat_model in ids and embedding_model in ids, ids)
+
+# Chat, greedy: the reference answer, ended by the model.
+r = client.chat.completions.create(model=chat_model, messages=PARIS, temperature=0, max_tokens=20)
+c = r.choices[0]
+check("chat greedy text", c.message.content == "The capital city of France is Paris.", c.message.content)
+check("chat finish_reason stop", c.finish_reason == "stop", c.finish_reason)
+check("chat role", c.message.role == "assistant", c.message.role)
+check("chat usage", r.usage.prompt_tokens == 43 and r.usage.completion_tokens == 9
+      and r.usage.total_tokens == 52, r.usage)
+
+# max_tokens: finish_reason length.
+r = client.chat.completions.create(model=chat_model, messages=PARIS, temperature=0, max_completion_tokens=3)
+check("chat length", r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 3,
+      (r.choices[0].finish_reason, r.usage))
+check("chat length text", r.choices[0].message.content == "The capital city", r.choices[0].message.content)
+
+# Stop strings.
+r = client.chat.completions.create(model=chat_model, messages=PARIS, temperature=0, stop=[" Paris", "xyz"])
+check("chat stop", r.choices[0].message.content == "The capital city of France is"
+      and r.choices[0].finish_reason == "stop", r.choices[0].message.content)
+
+# Sampling: same seed, same output; n choices.
+def sample(seed):
+    return client.chat.completions.create(
+        model=chat_model, messages=PARIS, temperature=1.2, top_p=0.95, seed=seed, extra_body={"top_k": 40},
+        max_tokens=8, n=2, presence_penalty=0.5, frequency_penalty=0.5)
+a, b = sample(7), sample(7)
+check("seeded sampling is deterministic", [c.message.content for c in a.choices]
+      == [c.message.content for c in b.choices], (a.choices, b.choices))
+check("n choices", [c.index for c in a.choices] == [0, 1], a.choices)
+
+# Streaming with usage.
+chunks = list(client.chat.completions.create(
+    model=chat_model, messages=PARIS, temperature=0, max_tokens=20, stream=True,
+    stream_options={"include_usage": True}))
+text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+finish = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+check("stream text", text == "The capital city of France is Paris.", text)
+check("stream finish_reason", finish == ["stop"], finish)
+check("stream role first", chunks[0].choices[0].delta.role == "assistant", chunks[0])
+check("stream usage last", not chunks[-1].choices and chunks[-1].usage.completion_tokens == 9, chunks[-1])
+check("stream one id", len({ch.id for ch in chunks}) == 1, {ch.id for ch in chunks})
+
+# Text completions, plain and streamed.
+r = client.completions.create(model=chat_model, prompt="Once upon a time, there was a little girl named",
+                              max_tokens=4, temperature=0)
+check("completion text", r.choices[0].text.startswith(" Emma who loved"), r.choices[0].text)
+check("completion usage", r.usage.prompt_tokens == 11 and r.usage.completion_tokens == 4, r.usage)
+streamed = "".join(ch.choices[0].text for ch in client.completions.create(
+    model=chat_model, prompt="Once upon a time, there was a little girl named", max_tokens=4,
+    temperature=0, stream=True))
+check("completion stream", streamed == r.choices[0].text, streamed)
+
+# Embeddings: batch, float and base64 (the SDK's default) agree.
+inputs = ["A man is eating food.", "A man is eating a piece of bread."]
+f = client.embeddings.create(model=embedding_model, input=inputs, encoding_format="float")
+d = client.embeddings.create(model=embedding_model, input=inputs)
+check("embeddings count", len(f.data) == 2 and [e.index for e in f.data] == [0, 1], len(f.data))
+check("embeddings dims", all(len(e.embedding) == 384 for e in f.data + d.data), "")
+check("embeddings base64 == float", all(abs(x - y) < 1e-6 for e1, e2 in zip(f.data, d.data)
+                                        for x, y in zip(e1.embedding, e2.embedding)), "")
+check("embeddings reference", abs(f.data[0].embedding[0] - 0.03324156937066124) < 1e-3, f.data[0].embedding[:3])
+cos = sum(x * y for x, y in zip(f.data[0].embedding, f.data[1].embedding))
+check("embeddings cosine", abs(cos - 0.755337) < 1e-3, cos)
+check("embeddings normalised", abs(math.sqrt(sum(x * x for x in f.data[0].embedding)) - 1) < 1e-4, "")
+check("embeddings usage", f.usage.prompt_tokens == 8 + 11, f.usage)
+
+# Errors in the OpenAI shape.
+try:
+    client.chat.completions.create(model="no-such-model", messages=PARIS)
+    check("unknown model", False, "no error")
+except openai.NotFoundError as e:
+    check("unknown model 404", e.status_code == 404 and e.code == "model_not_found", e)
+try:
+    client.chat.completions.create(model=chat_model, messages=PARIS, temperature=5)
+    check("bad temperature", False, "no error")
+except openai.BadRequestError as e:
+    check("bad temperature 400", e.param == "temperature", e)
+try:
+    client.chat.completions.create(model=chat_model, messages=PARIS, max_tokens=100000)
+    check("context length", False, "no error")
+except openai.BadRequestError as e:
+    check("context length 400", e.code == "context_length_exceeded" and "8192" in e.message, e)
+try:
+    client.embeddings.create(model=embedding_model, input="x", encoding_format="hex")
+    check("bad encoding_format", False, "no error")
+except openai.BadRequestError as e:
+    check("bad encoding_format 400", e.param == "encoding_format", e)
+
+print("all checks passed")
