@@ -295,14 +295,30 @@ impl Controller {
         }
         loop {
             let notified = self.changed.notified();
-            let pending = ids.iter().any(|id| {
-                self.store
-                    .get_instance(id)
-                    .map(|i| !i.state.is_final())
-                    .unwrap_or(false)
-            });
-            if !pending {
+            let pending: Vec<&String> = ids
+                .iter()
+                .filter(|id| {
+                    self.store
+                        .get_instance(id)
+                        .map(|i| !i.state.is_final())
+                        .unwrap_or(false)
+                })
+                .collect();
+            if pending.is_empty() {
                 return;
+            }
+            // An instance whose supervisor is gone (it ended, or its task
+            // panicked) would wait forever: stop it here instead.
+            for id in pending {
+                let supervised = self
+                    .supervisors
+                    .lock()
+                    .expect("supervisors lock")
+                    .get(id.as_str())
+                    .is_some_and(|tx| !tx.is_closed());
+                if !supervised && let Err(e) = self.stop_instance(id, reason, false).await {
+                    tracing::warn!(instance = %id, error = %e, "stopping an unsupervised instance");
+                }
             }
             let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
         }
