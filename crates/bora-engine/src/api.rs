@@ -9,13 +9,18 @@ use serde_json::Value;
 
 use crate::error::{EngineError, Result};
 use crate::generate::FinishReason;
+use crate::json_grammar::{Grammar, Json};
+use crate::logprobs::TokenLogprob;
 use crate::sampling::SamplingParams;
 use crate::template::TemplateMessage;
+use crate::tokenizer::TextTokenizer;
 
 /// Most choices one request may ask for.
 pub const MAX_N: u32 = 16;
 /// Most stop strings one request may give (OpenAI's limit).
 pub const MAX_STOP: usize = 4;
+/// Most log-probability alternatives per token (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: i64 = 20;
 
 /// `stop`: one string or a list.
 #[derive(Debug, Clone, Deserialize)]
@@ -62,9 +67,10 @@ pub struct SamplingFields {
     pub stream: Option<bool>,
     /// Streaming options.
     pub stream_options: Option<StreamOptions>,
-    /// Log-probabilities (not supported yet: rejected when true).
+    /// Log-probabilities: `true` in chat; the number of alternatives
+    /// (0..=20) in text completions (also accepted in chat).
     pub logprobs: Option<Value>,
-    /// Alternatives per position (not supported yet: rejected when > 0).
+    /// Alternatives per position in chat (0..=20; needs `logprobs: true`).
     pub top_logprobs: Option<i64>,
 }
 
@@ -107,8 +113,9 @@ pub struct ChatCompletionRequest {
     /// Sampling and streaming settings.
     #[serde(flatten)]
     pub sampling: SamplingFields,
-    /// Structured output (not supported yet beyond `text`).
-    pub response_format: Option<Value>,
+    /// Structured output: `text`, `json_object` or `json_schema` (see
+    /// [`ChatCompletionRequest::response_grammar`]).
+    pub response_format: Option<Json>,
     /// Tools (not supported yet).
     pub tools: Option<Value>,
     /// Tool choice (not supported yet).
@@ -257,6 +264,8 @@ pub struct GenerationSettings {
     pub stream: bool,
     /// Whether the stream ends with a usage chunk.
     pub include_usage: bool,
+    /// Report log-probabilities with this many alternatives per token.
+    pub logprobs: Option<usize>,
 }
 
 fn range(param: &str, v: Option<f32>, lo: f32, hi: f32, default: f32) -> Result<f32> {
@@ -335,20 +344,44 @@ impl SamplingFields {
                 "stop strings must not be empty",
             ));
         }
-        match &self.logprobs {
-            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
-            Some(Value::Number(n)) if n.as_i64() == Some(0) => {}
-            Some(_) => {
+        let top_logprobs = match self.top_logprobs {
+            None => None,
+            Some(k) if (0..=MAX_TOP_LOGPROBS).contains(&k) => Some(k as usize),
+            Some(k) => {
                 return Err(EngineError::invalid(
-                    "logprobs",
-                    "logprobs is not supported by this server yet",
+                    "top_logprobs",
+                    format!("top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {k}"),
                 ));
             }
-        }
-        if self.top_logprobs.unwrap_or(0) != 0 {
+        };
+        let logprobs = match &self.logprobs {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => None,
+            Some(Value::Bool(true)) => Some(top_logprobs.unwrap_or(0)),
+            Some(Value::Number(n))
+                if n.as_i64()
+                    .is_some_and(|k| (0..=MAX_TOP_LOGPROBS).contains(&k)) =>
+            {
+                if top_logprobs.is_some() {
+                    return Err(EngineError::invalid(
+                        "top_logprobs",
+                        "give the number of alternatives either as logprobs or as top_logprobs (with logprobs: true), not both",
+                    ));
+                }
+                n.as_u64().map(|k| k as usize)
+            }
+            Some(other) => {
+                return Err(EngineError::invalid(
+                    "logprobs",
+                    format!(
+                        "logprobs must be a boolean or a number of alternatives between 0 and {MAX_TOP_LOGPROBS}, got {other}"
+                    ),
+                ));
+            }
+        };
+        if logprobs.is_none() && top_logprobs.is_some_and(|k| k > 0) {
             return Err(EngineError::invalid(
                 "top_logprobs",
-                "top_logprobs is not supported by this server yet",
+                "top_logprobs requires logprobs: true",
             ));
         }
         let stream = self.stream.unwrap_or(false);
@@ -371,6 +404,7 @@ impl SamplingFields {
             stop,
             n,
             stream,
+            logprobs,
             include_usage: self
                 .stream_options
                 .as_ref()
@@ -424,19 +458,58 @@ impl ChatCompletionRequest {
             .collect()
     }
 
+    /// The grammar `response_format` asks for: none for `text`, any JSON
+    /// object for `json_object`, the schema's subset (see
+    /// [`Grammar::from_schema`]) for `json_schema` (`strict` or not, the
+    /// schema is always enforced).
+    pub fn response_grammar(&self) -> Result<Option<Grammar>> {
+        let Some(rf) = &self.response_format else {
+            return Ok(None);
+        };
+        if matches!(rf, Json::Null) {
+            return Ok(None);
+        }
+        match rf.get("type").and_then(Json::as_str) {
+            Some("text") => Ok(None),
+            Some("json_object") => Ok(Some(Grammar::any_object())),
+            Some("json_schema") => {
+                let Some(spec @ Json::Object(_)) = rf.get("json_schema") else {
+                    return Err(EngineError::invalid(
+                        "response_format.json_schema",
+                        "response_format.json_schema must be an object with name and schema",
+                    ));
+                };
+                if spec.get("name").and_then(Json::as_str).is_none() {
+                    return Err(EngineError::invalid(
+                        "response_format.json_schema.name",
+                        "response_format.json_schema.name must be a string",
+                    ));
+                }
+                match spec.get("strict") {
+                    None | Some(Json::Null | Json::Bool(_)) => {}
+                    Some(_) => {
+                        return Err(EngineError::invalid(
+                            "response_format.json_schema.strict",
+                            "response_format.json_schema.strict must be a boolean",
+                        ));
+                    }
+                }
+                let any = Json::Object(vec![]);
+                let schema = spec.get("schema").unwrap_or(&any);
+                Grammar::from_schema(schema, "response_format.json_schema.schema").map(Some)
+            }
+            other => Err(EngineError::invalid(
+                "response_format.type",
+                format!(
+                    "response_format.type must be 'text', 'json_object' or 'json_schema', not {}",
+                    other.map_or("missing".to_string(), |t| format!("'{t}'"))
+                ),
+            )),
+        }
+    }
+
     /// Rejects the features this server does not implement yet.
     pub fn check_unsupported(&self) -> Result<()> {
-        if let Some(rf) = &self.response_format {
-            let kind = rf.get("type").and_then(Value::as_str).unwrap_or("");
-            if kind != "text" {
-                return Err(EngineError::invalid(
-                    "response_format",
-                    format!(
-                        "response_format type '{kind}' is not supported by this server yet (only 'text')"
-                    ),
-                ));
-            }
-        }
         if self
             .tools
             .as_ref()
@@ -551,8 +624,8 @@ pub struct ChatChoice {
     pub index: usize,
     /// The answer.
     pub message: AssistantMessage,
-    /// Always null (log-probabilities are not supported yet).
-    pub logprobs: Option<Value>,
+    /// Log-probabilities, when asked for.
+    pub logprobs: Option<ChatLogprobs>,
     /// Why generation ended.
     pub finish_reason: FinishReason,
 }
@@ -592,8 +665,8 @@ pub struct ChatChunkChoice {
     pub index: usize,
     /// What changed.
     pub delta: ChatDelta,
-    /// Always null.
-    pub logprobs: Option<Value>,
+    /// Log-probabilities of this chunk's tokens, when asked for.
+    pub logprobs: Option<ChatLogprobs>,
     /// Set in the choice's last chunk.
     pub finish_reason: Option<FinishReason>,
 }
@@ -623,8 +696,8 @@ pub struct CompletionChoice {
     pub text: String,
     /// Position in `choices`.
     pub index: usize,
-    /// Always null.
-    pub logprobs: Option<Value>,
+    /// Log-probabilities, when asked for.
+    pub logprobs: Option<CompletionLogprobs>,
     /// Why generation ended (null in a stream until the choice's last chunk).
     pub finish_reason: Option<FinishReason>,
 }
@@ -645,6 +718,125 @@ pub struct Completion {
     /// Token counts (null in stream chunks except the usage chunk).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Option<Usage>>,
+}
+
+/// The log-probability OpenAI reports for an impossible token (JSON has
+/// no infinity).
+pub const MIN_LOGPROB: f32 = -9999.0;
+
+fn finite(logprob: f32) -> f32 {
+    if logprob.is_finite() {
+        logprob
+    } else {
+        MIN_LOGPROB
+    }
+}
+
+/// A token's text as OpenAI reports it: its bytes read as UTF-8, with
+/// U+FFFD for a partial character (the exact bytes are in `bytes`).
+fn token_text(tokenizer: &TextTokenizer, id: u32) -> String {
+    String::from_utf8_lossy(tokenizer.token_bytes(id)).into_owned()
+}
+
+/// One alternative in chat `top_logprobs`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TopLogprob {
+    /// The token's text.
+    pub token: String,
+    /// Its log-probability.
+    pub logprob: f32,
+    /// Its UTF-8 bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// One generated token in chat `logprobs.content`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatTokenLogprob {
+    /// The token's text.
+    pub token: String,
+    /// Its log-probability (the model's log-softmax; see [`crate::logprobs`]).
+    pub logprob: f32,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+    /// The most likely tokens at this position, most likely first.
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+/// `choices[].logprobs` of a chat completion (or chunk).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatLogprobs {
+    /// One entry per generated token (the end-of-turn token excluded).
+    pub content: Vec<ChatTokenLogprob>,
+    /// Always null: this server never refuses.
+    pub refusal: Option<Vec<ChatTokenLogprob>>,
+}
+
+impl ChatLogprobs {
+    /// Renders `tokens` with `tokenizer`'s token texts.
+    pub fn new(tokenizer: &TextTokenizer, tokens: &[TokenLogprob]) -> Self {
+        let content = tokens
+            .iter()
+            .map(|t| ChatTokenLogprob {
+                token: token_text(tokenizer, t.id),
+                logprob: finite(t.logprob),
+                bytes: tokenizer.token_bytes(t.id).to_vec(),
+                top_logprobs: t
+                    .top
+                    .iter()
+                    .map(|&(id, logprob)| TopLogprob {
+                        token: token_text(tokenizer, id),
+                        logprob: finite(logprob),
+                        bytes: tokenizer.token_bytes(id).to_vec(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Self {
+            content,
+            refusal: None,
+        }
+    }
+}
+
+/// `choices[].logprobs` of a text completion (the legacy shape).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CompletionLogprobs {
+    /// Each generated token's text.
+    pub tokens: Vec<String>,
+    /// Each token's log-probability.
+    pub token_logprobs: Vec<f32>,
+    /// Per token, the alternatives as `{token text: logprob}` (a text that
+    /// several tokens share appears once, with the most likely).
+    pub top_logprobs: Vec<serde_json::Map<String, Value>>,
+    /// Each token's byte offset in the completion text (from the start of
+    /// the choice's text, the prompt not counted).
+    pub text_offset: Vec<usize>,
+}
+
+impl CompletionLogprobs {
+    /// Renders `tokens`, the first of which starts at byte `offset` of the
+    /// completion; returns the offset after the last.
+    pub fn new(tokenizer: &TextTokenizer, tokens: &[TokenLogprob], offset: &mut usize) -> Self {
+        let mut out = Self {
+            tokens: Vec::with_capacity(tokens.len()),
+            token_logprobs: Vec::with_capacity(tokens.len()),
+            top_logprobs: Vec::with_capacity(tokens.len()),
+            text_offset: Vec::with_capacity(tokens.len()),
+        };
+        for t in tokens {
+            out.tokens.push(token_text(tokenizer, t.id));
+            out.token_logprobs.push(finite(t.logprob));
+            let mut top = serde_json::Map::new();
+            for &(id, logprob) in &t.top {
+                top.entry(token_text(tokenizer, id))
+                    .or_insert_with(|| Value::from(finite(logprob)));
+            }
+            out.top_logprobs.push(top);
+            out.text_offset.push(*offset);
+            *offset += tokenizer.token_bytes(t.id).len();
+        }
+        out
+    }
 }
 
 /// One model in `GET /v1/models`.
@@ -753,7 +945,14 @@ mod tests {
             (json!({"n": 0}), "n"),
             (json!({"stop": ["a", "b", "c", "d", "e"]}), "stop"),
             (json!({"stop": ""}), "stop"),
-            (json!({"logprobs": true}), "logprobs"),
+            (json!({"logprobs": "yes"}), "logprobs"),
+            (json!({"logprobs": 21}), "logprobs"),
+            (
+                json!({"logprobs": true, "top_logprobs": 21}),
+                "top_logprobs",
+            ),
+            (json!({"top_logprobs": 2}), "top_logprobs"),
+            (json!({"logprobs": 2, "top_logprobs": 2}), "top_logprobs"),
             (
                 json!({"stream_options": {"include_usage": true}}),
                 "stream_options",
@@ -765,6 +964,55 @@ mod tests {
                 "{body}"
             );
         }
+    }
+
+    #[test]
+    fn logprobs_settings() {
+        let lp = |v: Value| fields(v).validate().unwrap().logprobs;
+        assert_eq!(lp(json!({})), None);
+        assert_eq!(lp(json!({"logprobs": false, "top_logprobs": 0})), None);
+        assert_eq!(lp(json!({"logprobs": true})), Some(0));
+        assert_eq!(lp(json!({"logprobs": true, "top_logprobs": 20})), Some(20));
+        assert_eq!(lp(json!({"logprobs": 0})), Some(0));
+        assert_eq!(lp(json!({"logprobs": 5})), Some(5));
+    }
+
+    #[test]
+    fn logprobs_render_in_openai_shapes() {
+        let tok = crate::generate::tests::tiny_tokenizer();
+        // Token 6 is `Ġ`, a space; token 0 is the control token `<|im_end|>`.
+        let tokens = [
+            TokenLogprob {
+                id: 1,
+                logprob: -0.5,
+                top: vec![(1, -0.5), (6, -1.5)],
+            },
+            TokenLogprob {
+                id: 6,
+                logprob: f32::NEG_INFINITY,
+                top: vec![],
+            },
+        ];
+        let chat = serde_json::to_value(ChatLogprobs::new(&tok, &tokens)).unwrap();
+        assert_eq!(
+            chat,
+            json!({"content": [
+                {"token": "a", "logprob": -0.5, "bytes": [97], "top_logprobs": [
+                    {"token": "a", "logprob": -0.5, "bytes": [97]},
+                    {"token": " ", "logprob": -1.5, "bytes": [32]}
+                ]},
+                {"token": " ", "logprob": -9999.0, "bytes": [32], "top_logprobs": []}
+            ], "refusal": null})
+        );
+        let mut offset = 3;
+        let text =
+            serde_json::to_value(CompletionLogprobs::new(&tok, &tokens, &mut offset)).unwrap();
+        assert_eq!(
+            text,
+            json!({"tokens": ["a", " "], "token_logprobs": [-0.5, -9999.0],
+                   "top_logprobs": [{"a": -0.5, " ": -1.5}, {}], "text_offset": [3, 4]})
+        );
+        assert_eq!(offset, 5);
     }
 
     #[test]
@@ -829,15 +1077,50 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_features_are_rejected_not_ignored() {
-        let req: ChatCompletionRequest = serde_json::from_value(json!({
-            "model": "m", "messages": [], "response_format": {"type": "json_object"}
-        }))
-        .unwrap();
+    fn response_formats() {
+        let grammar = |rf: Value| {
+            let req: ChatCompletionRequest = serde_json::from_value(
+                json!({"model": "m", "messages": [], "response_format": rf}),
+            )
+            .unwrap();
+            req.response_grammar()
+        };
+        assert_eq!(grammar(json!({"type": "text"})).unwrap(), None);
+        assert_eq!(grammar(Value::Null).unwrap(), None);
         assert_eq!(
-            param_of(req.check_unsupported().unwrap_err()),
-            "response_format"
+            grammar(json!({"type": "json_object"})).unwrap(),
+            Some(Grammar::any_object())
         );
+        assert!(
+            grammar(
+                json!({"type": "json_schema", "json_schema": {"name": "x", "strict": true,
+                "schema": {"type": "object", "properties": {"a": {"type": "string"}}}}})
+            )
+            .unwrap()
+            .is_some()
+        );
+        for (rf, param) in [
+            (json!({"type": "yaml"}), "response_format.type"),
+            (json!({}), "response_format.type"),
+            (
+                json!({"type": "json_schema"}),
+                "response_format.json_schema",
+            ),
+            (
+                json!({"type": "json_schema", "json_schema": {"schema": {}}}),
+                "response_format.json_schema.name",
+            ),
+            (
+                json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "format": "date"}}}),
+                "response_format.json_schema.schema.format",
+            ),
+        ] {
+            assert_eq!(param_of(grammar(rf.clone()).unwrap_err()), param, "{rf}");
+        }
+    }
+
+    #[test]
+    fn unsupported_features_are_rejected_not_ignored() {
         let req: ChatCompletionRequest = serde_json::from_value(json!({
             "model": "m", "messages": [], "response_format": {"type": "text"}, "tools": []
         }))

@@ -105,8 +105,9 @@ impl TextModel {
 /// exactly one `Done` or `Failed`.
 #[derive(Debug)]
 pub enum GenEvent {
-    /// More output text.
-    Text(String),
+    /// More output text, and the log-probabilities (when asked for) of the
+    /// tokens sampled since the previous event (the text may be empty).
+    Text(String, Vec<crate::logprobs::TokenLogprob>),
     /// Generation finished.
     Done(Generation),
     /// Generation failed; only this request is affected.
@@ -179,7 +180,9 @@ fn worker(model: Arc<TextModel>, mut jobs: mpsc::Receiver<Job>) {
                 &model.tokenizer,
                 model.context_length(),
                 job.params,
-                |text| match events.send(GenEvent::Text(text.to_string())) {
+                |text, logprobs| match events
+                    .send(GenEvent::Text(text.to_string(), logprobs.to_vec()))
+                {
                     Ok(()) => Flow::Continue,
                     Err(_) => Flow::Cancel,
                 },

@@ -6,8 +6,10 @@
 //! the same per-sequence state ([`Sampler`], [`TextStream`], [`StopMatcher`])
 //! one step at a time.
 
-use crate::error::Result;
+use crate::error::{EngineError, Result};
+use crate::json_grammar::{Grammar, Matcher};
 use crate::llama::{KvCache, Llama};
+use crate::logprobs::{TokenLogprob, token_logprob};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::stop::{StopMatcher, StopOutcome};
 use crate::tokenizer::{TextStream, TextTokenizer};
@@ -55,6 +57,10 @@ pub struct GenerateParams {
     pub sampling: SamplingParams,
     /// Stop strings; the output ends before the first match.
     pub stop: Vec<String>,
+    /// Report log-probabilities, with this many alternatives per token.
+    pub logprobs: Option<usize>,
+    /// Constrain the output to this JSON grammar (`response_format`).
+    pub grammar: Option<std::sync::Arc<Grammar>>,
 }
 
 /// The result of one generation.
@@ -70,6 +76,9 @@ pub struct Generation {
     pub prompt_tokens: usize,
     /// Tokens sampled.
     pub completion_tokens: usize,
+    /// When asked for: one entry per sampled token except a final
+    /// end-of-turn token (a token that completed a stop string is included).
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// Whether the consumer of streamed text still wants more.
@@ -82,14 +91,16 @@ pub enum Flow {
 }
 
 /// Generates text for `params`, calling `on_text` with each new piece of
-/// text as soon as it is final. Returns early, with what it has, when
+/// text as soon as it is final, and the log-probabilities (when asked for)
+/// of the tokens sampled since the previous call. A last call may carry
+/// log-probabilities with empty text. Returns early, with what it has, when
 /// `on_text` says [`Flow::Cancel`].
 pub fn generate<M: LanguageModel>(
     model: &M,
     tokenizer: &TextTokenizer,
     context_length: usize,
     params: GenerateParams,
-    mut on_text: impl FnMut(&str) -> Flow,
+    mut on_text: impl FnMut(&str, &[TokenLogprob]) -> Flow,
 ) -> Result<Generation> {
     let prompt_tokens = params.prompt_ids.len();
     let mut cache = model.new_cache();
@@ -97,40 +108,67 @@ pub fn generate<M: LanguageModel>(
     let mut sampler = Sampler::new(params.sampling);
     let mut stream = TextStream::default();
     let mut stops = StopMatcher::new(params.stop);
+    let mut matcher = params.grammar.map(Matcher::new);
     let mut text = String::new();
     let mut token_ids = Vec::new();
-    let mut emit = |piece: String, text: &mut String| {
-        if piece.is_empty() {
-            return Flow::Continue;
-        }
-        text.push_str(&piece);
-        on_text(&piece)
-    };
+    let mut logprobs: Vec<TokenLogprob> = Vec::new();
+    // Log-probabilities not yet passed to `on_text`, from `logprobs[sent..]`.
+    let mut sent = 0;
+    let mut emit =
+        |piece: String, text: &mut String, logprobs: &[TokenLogprob], sent: &mut usize| {
+            if piece.is_empty() && *sent == logprobs.len() {
+                return Flow::Continue;
+            }
+            text.push_str(&piece);
+            let new = &logprobs[*sent..];
+            *sent = logprobs.len();
+            on_text(&piece, new)
+        };
     let finish_reason = loop {
         if token_ids.len() >= params.max_tokens || prompt_tokens + token_ids.len() >= context_length
         {
             break FinishReason::Length;
         }
+        let raw = params.logprobs.map(|_| logits.clone());
+        if let Some(m) = &matcher
+            && !m.mask(&mut logits, tokenizer)
+        {
+            // A byte-level vocabulary has a token for every byte, so this
+            // only happens with a vocabulary that cannot spell JSON.
+            return Err(EngineError::Tokenizer(
+                "no token of the vocabulary can continue the JSON output".into(),
+            ));
+        }
         let id = sampler.sample(&mut logits);
+        if let Some(m) = &mut matcher
+            && !tokenizer.is_end_of_generation(id)
+        {
+            // `mask` left only tokens the automaton accepts.
+            m.advance(tokenizer.token_bytes(id));
+        }
         token_ids.push(id);
         if tokenizer.is_end_of_generation(id) {
             break FinishReason::Stop;
         }
+        if let (Some(k), Some(raw)) = (params.logprobs, raw) {
+            logprobs.push(token_logprob(&raw, id, k));
+        }
         if let Some(delta) = stream.push(tokenizer, id)? {
             match stops.push(&delta) {
                 StopOutcome::Continue(piece) => {
-                    if emit(piece, &mut text) == Flow::Cancel {
+                    if emit(piece, &mut text, &logprobs, &mut sent) == Flow::Cancel {
                         break FinishReason::Stop;
                     }
                 }
                 StopOutcome::Stopped(piece) => {
-                    emit(piece, &mut text);
+                    emit(piece, &mut text, &logprobs, &mut sent);
                     return Ok(Generation {
                         text,
                         completion_tokens: token_ids.len(),
                         token_ids,
                         finish_reason: FinishReason::Stop,
                         prompt_tokens,
+                        logprobs,
                     });
                 }
             }
@@ -144,18 +182,19 @@ pub fn generate<M: LanguageModel>(
     if let Some(rest) = stream.flush(tokenizer)? {
         match stops.push(&rest) {
             StopOutcome::Continue(piece) | StopOutcome::Stopped(piece) => {
-                emit(piece, &mut text);
+                emit(piece, &mut text, &logprobs, &mut sent);
             }
         }
     }
     let rest = stops.finish();
-    emit(rest, &mut text);
+    emit(rest, &mut text, &logprobs, &mut sent);
     Ok(Generation {
         text,
         completion_tokens: token_ids.len(),
         token_ids,
         finish_reason,
         prompt_tokens,
+        logprobs,
     })
 }
 
@@ -216,8 +255,10 @@ pub(crate) mod tests {
                 max_tokens,
                 sampling: SamplingParams::greedy(),
                 stop: stop.iter().map(|s| s.to_string()).collect(),
+                logprobs: None,
+                grammar: None,
             },
-            |p| {
+            |p, _| {
                 pieces.push(p.to_string());
                 Flow::Continue
             },
@@ -260,6 +301,141 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn logprobs_follow_the_tokens_and_the_text() {
+        let tok = tiny_tokenizer();
+        let mut pieces = Vec::new();
+        let g = generate(
+            &Scripted(vec![1, 6, 2, 0]),
+            &tok,
+            100,
+            GenerateParams {
+                prompt_ids: vec![1],
+                max_tokens: 10,
+                sampling: SamplingParams::greedy(),
+                stop: vec![],
+                logprobs: Some(2),
+                grammar: None,
+            },
+            |text, lps| {
+                pieces.push((text.to_string(), lps.to_vec()));
+                Flow::Continue
+            },
+        )
+        .unwrap();
+        // a, space, b: three entries; the end-of-turn token has none.
+        let ids: Vec<u32> = g.logprobs.iter().map(|l| l.id).collect();
+        assert_eq!(ids, vec![1, 6, 2]);
+        let streamed: Vec<u32> = pieces
+            .iter()
+            .flat_map(|p| p.1.iter().map(|l| l.id))
+            .collect();
+        assert_eq!(streamed, ids);
+        for l in &g.logprobs {
+            assert_eq!(l.top.len(), 2);
+            assert_eq!(l.top[0].0, l.id, "greedy picks the most likely token");
+            // One logit of 10 against six of 0.
+            let expected = 10.0 - (10f32.exp() + 6.0).ln();
+            assert!((l.logprob - expected).abs() < 1e-5);
+        }
+    }
+
+    /// A vocabulary of JSON pieces: `<|im_end|>`, `{`, `}`, `"`, `a`,
+    /// `":`, `1`, `{"`, `Ġ`, `x`, `:`.
+    fn json_tokenizer() -> TextTokenizer {
+        let tokens: Vec<String> = [
+            "<|im_end|>",
+            "{",
+            "}",
+            "\"",
+            "a",
+            "\":",
+            "1",
+            "{\"",
+            "Ġ",
+            "x",
+            ":",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut token_types = vec![1; tokens.len()];
+        token_types[0] = 3;
+        TextTokenizer::from_gguf(&TokenizerMetadata {
+            model: "gpt2".into(),
+            pre: Some("gpt2".into()),
+            tokens,
+            token_types,
+            merges: vec![],
+            bos_token_id: None,
+            eos_token_id: Some(0),
+            eot_token_id: None,
+            add_bos_token: false,
+        })
+        .unwrap()
+    }
+
+    /// Prefers tokens in a fixed order of preference, whatever the step.
+    struct Prefers(Vec<u32>);
+
+    impl LanguageModel for Prefers {
+        type Cache = ();
+        fn new_cache(&self) {}
+        fn forward(&self, _tokens: &[u32], _: &mut ()) -> Result<Vec<f32>> {
+            let mut logits = vec![0.0; 11];
+            for (rank, &id) in self.0.iter().enumerate() {
+                logits[id as usize] = 20.0 - rank as f32;
+            }
+            Ok(logits)
+        }
+    }
+
+    fn constrained(prefs: &[u32], max_tokens: usize, grammar: Grammar) -> Generation {
+        generate(
+            &Prefers(prefs.to_vec()),
+            &json_tokenizer(),
+            100,
+            GenerateParams {
+                prompt_ids: vec![1],
+                max_tokens,
+                sampling: SamplingParams::greedy(),
+                stop: vec![],
+                logprobs: None,
+                grammar: Some(std::sync::Arc::new(grammar)),
+            },
+            |_, _| Flow::Continue,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn json_mode_masks_invalid_tokens_and_the_early_end() {
+        // The model wants to end at once, then to say `x`; the grammar makes
+        // it open an object and close it before the end-of-turn token.
+        let g = constrained(&[0, 9, 8, 2, 1], 10, Grammar::any_object());
+        assert_eq!(g.text, "{}");
+        assert_eq!(g.finish_reason, FinishReason::Stop);
+        assert_eq!(*g.token_ids.last().unwrap(), 0);
+    }
+
+    #[test]
+    fn json_schema_is_followed_and_truncation_is_length() {
+        let schema: crate::json_grammar::Json = serde_json::from_str(
+            r#"{"type":"object","properties":{"a":{"type":"integer"}},"required":["a"]}"#,
+        )
+        .unwrap();
+        let grammar = Grammar::from_schema(&schema, "schema").unwrap();
+        // Preferences that, unconstrained, would give `}x1...`.
+        let g = constrained(&[0, 2, 9, 6, 7, 3, 4, 5, 1], 20, grammar.clone());
+        let value: serde_json::Value =
+            serde_json::from_str(&g.text).unwrap_or_else(|e| panic!("{e}: {g:?}"));
+        assert_eq!(value["a"].as_i64().map(|n| n > 0), Some(true), "{}", g.text);
+        assert_eq!(g.finish_reason, FinishReason::Stop);
+        let cut = constrained(&[0, 2, 9, 6, 7, 3, 4, 5, 1], 2, grammar);
+        assert_eq!(cut.text, "{\"a");
+        assert_eq!(cut.finish_reason, FinishReason::Length);
+    }
+
+    #[test]
     fn context_window_bounds_generation() {
         let tok = tiny_tokenizer();
         let g = generate(
@@ -271,8 +447,10 @@ pub(crate) mod tests {
                 max_tokens: 100,
                 sampling: SamplingParams::greedy(),
                 stop: vec![],
+                logprobs: None,
+                grammar: None,
             },
-            |_| Flow::Continue,
+            |_, _| Flow::Continue,
         )
         .unwrap();
         assert_eq!(g.completion_tokens, 3);

@@ -3,7 +3,8 @@
 //! Pipeline: [`gguf`] reads and validates a model file → [`llama`] holds the
 //! weights and runs forward passes against a per-sequence KV cache →
 //! [`generate`] drives one sequence ([`sampling`], [`stop`],
-//! [`tokenizer::TextStream`]) → [`engine`] owns the model on a worker thread
+//! [`tokenizer::TextStream`], [`logprobs`], and [`json_grammar`] masking the
+//! logits for `response_format`) → [`engine`] owns the model on a worker thread
 //! behind a request queue → [`server`] speaks the OpenAI HTTP API ([`api`]
 //! holds its bodies and validation). [`bert`] computes embeddings.
 //!
@@ -34,7 +35,9 @@ pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod json_grammar;
 pub mod llama;
+pub mod logprobs;
 pub mod sampling;
 pub mod server;
 pub mod stop;

@@ -26,15 +26,17 @@ use tokio::sync::mpsc;
 
 use crate::api::{
     self, AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
-    ChatCompletionRequest, ChatDelta, Completion, CompletionChoice, CompletionRequest,
-    EmbeddingData, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, ModelCard, ModelList,
-    Prompt, Usage,
+    ChatCompletionRequest, ChatDelta, ChatLogprobs, Completion, CompletionChoice,
+    CompletionLogprobs, CompletionRequest, EmbeddingData, EmbeddingRequest, EmbeddingResponse,
+    EmbeddingUsage, ModelCard, ModelList, Prompt, Usage,
 };
 use crate::bert::BertEmbedder;
 use crate::engine::{Engine, GenEvent, TextModel, default_device};
 use crate::error::{EngineError, Result};
 use crate::generate::{FinishReason, GenerateParams, Generation};
+use crate::json_grammar::Grammar;
 use crate::llama::WeightPrecision;
+use crate::logprobs::TokenLogprob;
 
 /// Waiting generation requests before submitters are held back.
 const QUEUE_DEPTH: usize = 64;
@@ -361,7 +363,7 @@ async fn run_all(engine: &Engine, jobs: Vec<ChoiceJob>) -> ApiResult<Vec<(usize,
         let mut events = engine.submit(job.params).await?;
         loop {
             match events.recv().await {
-                Some(GenEvent::Text(_)) => {}
+                Some(GenEvent::Text(..)) => {}
                 Some(GenEvent::Done(g)) => {
                     out.push((job.index, g));
                     break;
@@ -377,9 +379,10 @@ async fn run_all(engine: &Engine, jobs: Vec<ChoiceJob>) -> ApiResult<Vec<(usize,
 /// How one streamed response renders its chunks.
 trait ChunkFormat: Send + 'static {
     /// Chunks that open choice `index`.
-    fn start(&self, index: usize) -> Option<serde_json::Value>;
-    /// A chunk with new text.
-    fn text(&self, index: usize, text: String) -> serde_json::Value;
+    fn start(&mut self, index: usize) -> Option<serde_json::Value>;
+    /// A chunk with new text and its tokens' log-probabilities (empty when
+    /// not asked for).
+    fn text(&mut self, index: usize, text: String, logprobs: &[TokenLogprob]) -> serde_json::Value;
     /// The choice's last chunk.
     fn finish(&self, index: usize, reason: FinishReason) -> serde_json::Value;
     /// The usage chunk.
@@ -390,7 +393,7 @@ trait ChunkFormat: Send + 'static {
 fn stream_all<F: ChunkFormat>(
     engine: Engine,
     jobs: Vec<ChoiceJob>,
-    format: F,
+    mut format: F,
     prompt_tokens: usize,
     include_usage: bool,
 ) -> Sse<impl Stream<Item = std::result::Result<Event, std::convert::Infallible>>> {
@@ -416,7 +419,7 @@ fn stream_all<F: ChunkFormat>(
             };
             loop {
                 let ok = match events.recv().await {
-                    Some(GenEvent::Text(t)) => send(format.text(job.index, t)).await,
+                    Some(GenEvent::Text(t, lps)) => send(format.text(job.index, t, &lps)).await,
                     Some(GenEvent::Done(g)) => {
                         completion_tokens += g.completion_tokens;
                         if !send(format.finish(job.index, g.finish_reason)).await {
@@ -456,6 +459,7 @@ fn choice_jobs(
     prompts: Vec<Vec<u32>>,
     settings: &api::GenerationSettings,
     budgets: &[usize],
+    grammar: Option<Arc<Grammar>>,
 ) -> Vec<ChoiceJob> {
     let mut jobs = Vec::new();
     for (p, ids) in prompts.into_iter().enumerate() {
@@ -469,6 +473,8 @@ fn choice_jobs(
                     max_tokens: budgets[p],
                     sampling,
                     stop: settings.stop.clone(),
+                    logprobs: settings.logprobs,
+                    grammar: grammar.clone(),
                 },
             });
         }
@@ -477,6 +483,8 @@ fn choice_jobs(
 }
 
 struct ChatChunks {
+    engine: Engine,
+    logprobs: bool,
     id: String,
     created: u64,
     model: String,
@@ -511,7 +519,7 @@ impl ChatChunks {
 }
 
 impl ChunkFormat for ChatChunks {
-    fn start(&self, index: usize) -> Option<serde_json::Value> {
+    fn start(&mut self, index: usize) -> Option<serde_json::Value> {
         let delta = ChatDelta {
             role: Some("assistant"),
             content: Some(String::new()),
@@ -519,12 +527,16 @@ impl ChunkFormat for ChatChunks {
         Some(self.chunk(vec![Self::choice(index, delta, None)], None))
     }
 
-    fn text(&self, index: usize, text: String) -> serde_json::Value {
+    fn text(&mut self, index: usize, text: String, logprobs: &[TokenLogprob]) -> serde_json::Value {
         let delta = ChatDelta {
             role: None,
             content: Some(text),
         };
-        self.chunk(vec![Self::choice(index, delta, None)], None)
+        let mut choice = Self::choice(index, delta, None);
+        choice.logprobs = self
+            .logprobs
+            .then(|| ChatLogprobs::new(&self.engine.model().tokenizer, logprobs));
+        self.chunk(vec![choice], None)
     }
 
     fn finish(&self, index: usize, reason: FinishReason) -> serde_json::Value {
@@ -544,6 +556,7 @@ async fn chat_completions(State(state): State<Shared>, body: Bytes) -> ApiResult
     check_text_model(&state, &req.model)?;
     req.check_unsupported()?;
     let settings = req.sampling.validate()?;
+    let grammar = req.response_grammar()?.map(Arc::new);
     let messages = req.template_messages()?;
     let model = state.engine.model();
     let prompt = model.template.render(&messages, true)?;
@@ -551,11 +564,13 @@ async fn chat_completions(State(state): State<Shared>, body: Bytes) -> ApiResult
     let budget = api::completion_budget(model.context_length(), ids.len(), settings.max_tokens)
         .map_err(|e| ApiError::from_engine(e, "messages"))?;
     let prompt_tokens = ids.len();
-    let jobs = choice_jobs(vec![ids], &settings, &[budget]);
+    let jobs = choice_jobs(vec![ids], &settings, &[budget], grammar);
     let (id, created) = (new_id("chatcmpl"), now());
     tracing::info!(request = %id, prompt_tokens, n = settings.n, stream = settings.stream, "chat completion");
     if settings.stream {
         let format = ChatChunks {
+            engine: state.engine.clone(),
+            logprobs: settings.logprobs.is_some(),
             id,
             created,
             model: model.name.clone(),
@@ -572,11 +587,13 @@ async fn chat_completions(State(state): State<Shared>, body: Bytes) -> ApiResult
         .into_iter()
         .map(|(index, g)| ChatChoice {
             index,
+            logprobs: settings
+                .logprobs
+                .map(|_| ChatLogprobs::new(&model.tokenizer, &g.logprobs)),
             message: AssistantMessage {
                 role: "assistant",
                 content: g.text,
             },
-            logprobs: None,
             finish_reason: g.finish_reason,
         })
         .collect();
@@ -592,6 +609,10 @@ async fn chat_completions(State(state): State<Shared>, body: Bytes) -> ApiResult
 }
 
 struct TextChunks {
+    engine: Engine,
+    logprobs: bool,
+    /// Byte offset of the next token in the current choice's text.
+    offset: usize,
     id: String,
     created: u64,
     model: String,
@@ -613,15 +634,19 @@ impl TextChunks {
 }
 
 impl ChunkFormat for TextChunks {
-    fn start(&self, _index: usize) -> Option<serde_json::Value> {
+    fn start(&mut self, _index: usize) -> Option<serde_json::Value> {
+        self.offset = 0;
         None
     }
 
-    fn text(&self, index: usize, text: String) -> serde_json::Value {
+    fn text(&mut self, index: usize, text: String, logprobs: &[TokenLogprob]) -> serde_json::Value {
+        let logprobs = self.logprobs.then(|| {
+            CompletionLogprobs::new(&self.engine.model().tokenizer, logprobs, &mut self.offset)
+        });
         let c = CompletionChoice {
             text,
             index,
-            logprobs: None,
+            logprobs,
             finish_reason: None,
         };
         self.chunk(vec![c], None)
@@ -672,11 +697,14 @@ async fn completions(State(state): State<Shared>, body: Bytes) -> ApiResult<Resp
         prompts.push(ids);
     }
     let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
-    let jobs = choice_jobs(prompts, &settings, &budgets);
+    let jobs = choice_jobs(prompts, &settings, &budgets, None);
     let (id, created) = (new_id("cmpl"), now());
     tracing::info!(request = %id, prompt_tokens, stream = settings.stream, "completion");
     if settings.stream {
         let format = TextChunks {
+            engine: state.engine.clone(),
+            logprobs: settings.logprobs.is_some(),
+            offset: 0,
             id,
             created,
             model: model.name.clone(),
@@ -692,9 +720,11 @@ async fn completions(State(state): State<Shared>, body: Bytes) -> ApiResult<Resp
     let choices = results
         .into_iter()
         .map(|(index, g)| CompletionChoice {
+            logprobs: settings
+                .logprobs
+                .map(|_| CompletionLogprobs::new(&model.tokenizer, &g.logprobs, &mut 0)),
             text: g.text,
             index,
-            logprobs: None,
             finish_reason: Some(g.finish_reason),
         })
         .collect();

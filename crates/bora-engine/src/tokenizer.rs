@@ -10,7 +10,7 @@
 //! document and let the crate parse it, so only the documented JSON format is
 //! relied on, not the crate's builder internals.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 
 use serde_json::{Value, json};
@@ -36,6 +36,10 @@ pub struct TextTokenizer {
     end_of_generation: HashSet<u32>,
     bos_token: String,
     eos_token: String,
+    /// Every token's bytes, computed once (see [`TextTokenizer::token_bytes`]).
+    token_bytes: std::sync::Arc<Vec<Vec<u8>>>,
+    /// Whether each token is a control token (never part of output text).
+    control: std::sync::Arc<Vec<bool>>,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -135,7 +139,27 @@ impl TextTokenizer {
                 end_of_generation.insert(id as u32);
             }
         }
+        let unicode_to_byte = byte_level_decoder();
+        let control: Vec<bool> = (0..md.tokens.len())
+            .map(|id| md.token_types.get(id) == Some(&TOKEN_TYPE_CONTROL))
+            .collect();
+        let token_bytes: Vec<Vec<u8>> = md
+            .tokens
+            .iter()
+            .zip(&md.token_types)
+            .map(|(token, ty)| match *ty {
+                TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED => token.as_bytes().to_vec(),
+                _ => token
+                    .chars()
+                    .map(|c| unicode_to_byte.get(&c).copied())
+                    .collect::<Option<Vec<u8>>>()
+                    // Not byte-level text: keep the token's own UTF-8.
+                    .unwrap_or_else(|| token.as_bytes().to_vec()),
+            })
+            .collect();
         Ok(Self {
+            token_bytes: std::sync::Arc::new(token_bytes),
+            control: std::sync::Arc::new(control),
             inner,
             bos_token_id: md.bos_token_id,
             add_bos_token: md.add_bos_token,
@@ -185,10 +209,42 @@ impl TextTokenizer {
         &self.eos_token
     }
 
+    /// The bytes token `id` contributes to the output text (a byte-level
+    /// token may hold part of a UTF-8 character; a control token's bytes are
+    /// its name). Empty for an unknown id.
+    pub fn token_bytes(&self, id: u32) -> &[u8] {
+        self.token_bytes.get(id as usize).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether `id` is a control token (`<|im_end|>`, ...), which decoding
+    /// leaves out of the text.
+    pub fn is_control(&self, id: u32) -> bool {
+        self.control.get(id as usize).copied().unwrap_or(false)
+    }
+
     /// The number of tokens, including added ones.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+}
+
+/// The inverse of GPT-2's byte-level alphabet: printable bytes stand for
+/// themselves, the other 68 bytes for the characters from U+0100 on, in
+/// byte order.
+fn byte_level_decoder() -> HashMap<char, u8> {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    let mut map = HashMap::with_capacity(256);
+    let mut next = 0u32;
+    for b in 0..=255u8 {
+        let c = if printable(b) {
+            char::from(b)
+        } else {
+            next += 1;
+            char::from_u32(255 + next).unwrap_or('\u{FFFD}')
+        };
+        map.insert(c, b);
+    }
+    map
 }
 
 /// Turns a growing list of token ids into text deltas, holding back bytes

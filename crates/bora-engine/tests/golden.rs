@@ -49,8 +49,10 @@ fn greedy(
             max_tokens,
             sampling: SamplingParams::greedy(),
             stop: vec![],
+            logprobs: None,
+            grammar: None,
         },
-        |_| Flow::Continue,
+        |_, _| Flow::Continue,
     )
     .unwrap()
 }

@@ -67,6 +67,100 @@ check("stream role first", chunks[0].choices[0].delta.role == "assistant", chunk
 check("stream usage last", not chunks[-1].choices and chunks[-1].usage.completion_tokens == 9, chunks[-1])
 check("stream one id", len({ch.id for ch in chunks}) == 1, {ch.id for ch in chunks})
 
+# Log-probabilities: one entry per generated token, the sampled (greedy) token
+# is the most likely alternative, alternatives are ordered, and the token texts
+# spell the answer.
+r = client.chat.completions.create(model=chat_model, messages=PARIS, temperature=0, max_tokens=20,
+                                   logprobs=True, top_logprobs=5)
+lp = r.choices[0].logprobs.content
+check("logprobs one per token", len(lp) == r.usage.completion_tokens - 1, (len(lp), r.usage))
+check("logprobs tokens spell the text", "".join(t.token for t in lp) == r.choices[0].message.content,
+      [t.token for t in lp])
+check("logprobs bytes", b"".join(bytes(t.bytes) for t in lp).decode() == r.choices[0].message.content, "")
+check("top_logprobs length", all(len(t.top_logprobs) == 5 for t in lp), [len(t.top_logprobs) for t in lp])
+check("top_logprobs ordered", all(a.logprob >= b.logprob for t in lp
+                                  for a, b in zip(t.top_logprobs, t.top_logprobs[1:])), "")
+check("greedy token is the top alternative", all(t.top_logprobs[0].token == t.token
+                                                 and t.top_logprobs[0].logprob == t.logprob for t in lp), "")
+check("logprobs are probabilities", all(t.logprob <= 0 and sum(math.exp(a.logprob) for a in t.top_logprobs) <= 1 + 1e-4
+                                        for t in lp), "")
+streamed = [t for ch in client.chat.completions.create(
+    model=chat_model, messages=PARIS, temperature=0, max_tokens=20, logprobs=True, top_logprobs=2, stream=True)
+    if ch.choices and ch.choices[0].logprobs for t in ch.choices[0].logprobs.content]
+check("stream logprobs", [(t.token, round(t.logprob, 4)) for t in streamed]
+      == [(t.token, round(t.logprob, 4)) for t in lp] and all(len(t.top_logprobs) == 2 for t in streamed), streamed)
+r = client.chat.completions.create(model=chat_model, messages=PARIS, temperature=0, max_tokens=3)
+check("no logprobs unless asked", r.choices[0].logprobs is None, r.choices[0].logprobs)
+r = client.completions.create(model=chat_model, prompt="Once upon a time, there was a little girl named",
+                              max_tokens=4, temperature=0, logprobs=3)
+l = r.choices[0].logprobs
+check("completion logprobs", len(l.tokens) == 4 and "".join(l.tokens) == r.choices[0].text
+      and len(l.token_logprobs) == 4 and all(len(t) == 3 for t in l.top_logprobs)
+      and l.text_offset[0] == 0, l)
+try:
+    client.chat.completions.create(model=chat_model, messages=PARIS, logprobs=True, top_logprobs=21)
+    check("bad top_logprobs", False, "no error")
+except openai.BadRequestError as e:
+    check("bad top_logprobs 400", e.param == "top_logprobs", e)
+
+# Structured output by constrained decoding: json_object always parses, and
+# json_schema output validates even when sampling at temperature 1 (so the
+# grammar, not luck, decides).
+import json
+JSON_ASK = [{"role": "user", "content": "Reply with a JSON object with the keys country and capital for France."}]
+r = client.chat.completions.create(model=chat_model, messages=JSON_ASK, temperature=0, max_tokens=200,
+                                   response_format={"type": "json_object"})
+c = r.choices[0]
+check("json_object ends", c.finish_reason == "stop", (c.finish_reason, c.message.content))
+check("json_object parses", isinstance(json.loads(c.message.content), dict), c.message.content)
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 20},
+        "country": {"type": "string", "maxLength": 20},
+        "population": {"type": "integer"},
+        "capital": {"type": "boolean"},
+        "continent": {"enum": ["Europe", "Asia", "Africa", "America", "Oceania"]},
+        "languages": {"type": "array", "items": {"type": "string", "maxLength": 12}, "minItems": 1, "maxItems": 3},
+        "area": {"type": "number"},
+    },
+    "required": ["city", "country", "population", "capital", "continent", "languages"],
+    "additionalProperties": False,
+}
+
+
+def validates(v):
+    props = SCHEMA["properties"]
+    return (isinstance(v, dict) and all(k in v for k in SCHEMA["required"]) and set(v) <= set(props)
+            and list(v) == [k for k in props if k in v]
+            and isinstance(v["city"], str) and len(v["city"]) <= 20
+            and isinstance(v["country"], str) and len(v["country"]) <= 20
+            and isinstance(v["population"], int) and not isinstance(v["population"], bool)
+            and isinstance(v["capital"], bool) and v["continent"] in props["continent"]["enum"]
+            and isinstance(v["languages"], list) and 1 <= len(v["languages"]) <= 3
+            and all(isinstance(x, str) and len(x) <= 12 for x in v["languages"])
+            and (("area" not in v) or isinstance(v["area"], (int, float))))
+
+
+CITY = [{"role": "user", "content": "Give facts about Paris as JSON."}]
+RF = {"type": "json_schema", "json_schema": {"name": "city", "strict": True, "schema": SCHEMA}}
+for seed in range(4):
+    r = client.chat.completions.create(model=chat_model, messages=CITY, temperature=1.0, seed=seed,
+                                       max_tokens=400, response_format=RF)
+    c = r.choices[0]
+    check(f"json_schema seed {seed} ends", c.finish_reason == "stop", (c.finish_reason, c.message.content))
+    check(f"json_schema seed {seed} validates", validates(json.loads(c.message.content)), c.message.content)
+streamed = "".join(ch.choices[0].delta.content or "" for ch in client.chat.completions.create(
+    model=chat_model, messages=CITY, temperature=0, max_tokens=400, response_format=RF, stream=True)
+    if ch.choices)
+check("json_schema stream validates", validates(json.loads(streamed)), streamed)
+try:
+    client.chat.completions.create(model=chat_model, messages=CITY, response_format={
+        "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "a+"}}})
+    check("unsupported schema keyword", False, "no error")
+except openai.BadRequestError as e:
+    check("unsupported schema keyword 400", e.param == "response_format.json_schema.schema.pattern", e)
+
 # Text completions, plain and streamed.
 r = client.completions.create(model=chat_model, prompt="Once upon a time, there was a little girl named",
                               max_tokens=4, temperature=0)
