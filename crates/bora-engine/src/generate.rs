@@ -203,12 +203,10 @@ pub(crate) mod tests {
     use super::*;
     use crate::gguf::TokenizerMetadata;
 
-    /// A tiny byte-level vocabulary: `a`..`e`, a space (`Ġ`), `<|im_end|>`.
-    pub(crate) fn tiny_tokenizer() -> TextTokenizer {
-        let tokens: Vec<String> = ["<|im_end|>", "a", "b", "c", "d", "e", "Ġ"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+    /// A byte-level vocabulary of `tokens`; the first is `<|im_end|>`, the
+    /// end-of-turn control token.
+    fn tokenizer_of(tokens: &[&str]) -> TextTokenizer {
+        let tokens: Vec<String> = tokens.iter().map(|s| s.to_string()).collect();
         let mut token_types = vec![1; tokens.len()];
         token_types[0] = 3;
         TextTokenizer::from_gguf(&TokenizerMetadata {
@@ -223,6 +221,11 @@ pub(crate) mod tests {
             add_bos_token: false,
         })
         .unwrap()
+    }
+
+    /// A tiny byte-level vocabulary: `a`..`e`, a space (`Ġ`), `<|im_end|>`.
+    pub(crate) fn tiny_tokenizer() -> TextTokenizer {
+        tokenizer_of(&["<|im_end|>", "a", "b", "c", "d", "e", "Ġ"])
     }
 
     /// Emits a fixed token script, one token per step (greedy picks it).
@@ -342,7 +345,7 @@ pub(crate) mod tests {
     /// A vocabulary of JSON pieces: `<|im_end|>`, `{`, `}`, `"`, `a`,
     /// `":`, `1`, `{"`, `Ġ`, `x`, `:`.
     fn json_tokenizer() -> TextTokenizer {
-        let tokens: Vec<String> = [
+        tokenizer_of(&[
             "<|im_end|>",
             "{",
             "}",
@@ -354,24 +357,7 @@ pub(crate) mod tests {
             "Ġ",
             "x",
             ":",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let mut token_types = vec![1; tokens.len()];
-        token_types[0] = 3;
-        TextTokenizer::from_gguf(&TokenizerMetadata {
-            model: "gpt2".into(),
-            pre: Some("gpt2".into()),
-            tokens,
-            token_types,
-            merges: vec![],
-            bos_token_id: None,
-            eos_token_id: Some(0),
-            eot_token_id: None,
-            add_bos_token: false,
-        })
-        .unwrap()
+        ])
     }
 
     /// Prefers tokens in a fixed order of preference, whatever the step.
