@@ -200,6 +200,15 @@ async fn start(ctl: &Arc<Controller>, d: &Deployment, id: &str) -> Result<IpAddr
     Ok(ip)
 }
 
+/// Why the instance's process is no longer running, or `None` while it is.
+fn not_running(ctl: &Controller, id: &str) -> Option<String> {
+    match ctl.node.status(id) {
+        InstanceStatus::Running => None,
+        InstanceStatus::Exited(exit) => Some(ctl.node.exit_reason(id, &exit)),
+        InstanceStatus::Lost => Some("the instance's supervisor process (shim) disappeared".into()),
+    }
+}
+
 /// Probes tightly until the first pass, the process exits, or the startup
 /// deadline passes.
 async fn wait_healthy(
@@ -214,11 +223,8 @@ async fn wait_healthy(
         if let Ok(cmd) = rx.try_recv() {
             return Outcome::Command(cmd);
         }
-        if let InstanceStatus::Exited(exit) = ctl.node.status(id) {
-            return Outcome::Failed(ctl.node.exit_reason(id, &exit));
-        }
-        if ctl.node.status(id) == InstanceStatus::Lost {
-            return Outcome::Failed("the instance's supervisor process (shim) disappeared".into());
+        if let Some(reason) = not_running(ctl, id) {
+            return Outcome::Failed(reason);
         }
         let Some(probe) = &checks.probe else {
             return Outcome::Healthy;
@@ -258,16 +264,8 @@ async fn watch_healthy(
             },
             _ = sleep(Duration::from_millis(250)) => {}
         }
-        match ctl.node.status(id) {
-            InstanceStatus::Exited(exit) => {
-                return Outcome::Failed(ctl.node.exit_reason(id, &exit));
-            }
-            InstanceStatus::Lost => {
-                return Outcome::Failed(
-                    "the instance's supervisor process (shim) disappeared".into(),
-                );
-            }
-            InstanceStatus::Running => {}
+        if let Some(reason) = not_running(ctl, id) {
+            return Outcome::Failed(reason);
         }
         if Instant::now() < next_check {
             continue;

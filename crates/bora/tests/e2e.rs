@@ -69,6 +69,14 @@ fn instances(server: &Server, query: &str) -> Vec<serde_json::Value> {
         .clone()
 }
 
+/// The ids of the instances `GET /v1/instances{query}` lists.
+fn instance_ids(server: &Server, query: &str) -> Vec<String> {
+    instances(server, query)
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 #[test]
 fn deploy_roll_out_a_new_version_without_failures_and_survive_a_restart() {
     require_root();
@@ -114,9 +122,9 @@ fn deploy_roll_out_a_new_version_without_failures_and_survive_a_restart() {
     assert_eq!(d1["status"], "healthy");
 
     // The instance records every transition with its reason.
-    let first = instances(&server, "?app=hello");
+    let first = instance_ids(&server, "?app=hello");
     assert_eq!(first.len(), 1);
-    let id = first[0]["id"].as_str().unwrap().to_string();
+    let id = first[0].clone();
     let got = server.cli_ok(&["instances", "get", &id, "-o", "json"]);
     let got: serde_json::Value = serde_json::from_str(&got).unwrap();
     let states: Vec<&str> = got["history"]
@@ -182,8 +190,7 @@ fn deploy_roll_out_a_new_version_without_failures_and_survive_a_restart() {
 
     // 3. kill -9 the server: the instance keeps running, the restarted
     // server re-adopts it (same instance, no duplicate) and keeps serving.
-    let live = instances(&server, "?app=hello");
-    let live_id = live[0]["id"].as_str().unwrap().to_string();
+    let live_id = instance_ids(&server, "?app=hello").remove(0);
     server.restart();
     assert_eq!(body(&server), "hello v2\n");
     let after = instances(&server, "?app=hello");
@@ -377,20 +384,13 @@ fn a_deployment_interrupted_by_kill_9_completes_after_restart_and_nothing_leaks(
         assert_eq!(b, "v1\n");
     }
     // No duplicates: exactly the live instances run.
-    let live: Vec<String> = instances(&server, "?app=hello")
-        .iter()
-        .map(|i| i["id"].as_str().unwrap().to_string())
-        .collect();
     let mut running = server.runc_containers();
     running.sort();
-    let mut want = live.clone();
-    want.sort();
-    assert_eq!(running, want);
+    let mut live = instance_ids(&server, "?app=hello");
+    live.sort();
+    assert_eq!(running, live);
 
-    let all: Vec<String> = instances(&server, "?all=true")
-        .iter()
-        .map(|i| i["id"].as_str().unwrap().to_string())
-        .collect();
+    let all = instance_ids(&server, "?all=true");
     server.cli_ok(&["apps", "delete", "hello"]);
     assert!(server.runc_containers().is_empty());
     assert!(
