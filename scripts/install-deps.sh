@@ -24,6 +24,9 @@ packages=(
   "umoci:/usr/bin/umoci"
   "skopeo:/usr/bin/skopeo"
   "busybox-static:/bin/busybox"
+  # For the benchmarks (crates/bora/benches): the peer proxy and the load.
+  "nginx-light:/usr/sbin/nginx"
+  "wrk:/usr/bin/wrk"
 )
 
 missing=()

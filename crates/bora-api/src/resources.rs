@@ -31,8 +31,42 @@ pub struct Service {
     pub latest_deployment: Option<String>,
     /// Where the service is reached, for web services.
     pub url: Option<String>,
+    /// The autoscaler's view, for services it manages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<ScalingStatus>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// The autoscaler's last decision for a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ScalingStatus {
+    /// Instances serving now (healthy).
+    pub current: u32,
+    /// Instances the autoscaler wants.
+    pub desired: u32,
+    /// Instances frozen by light sleep.
+    pub sleeping: u32,
+    /// Whether the autoscaler is in panic mode (a sudden spike).
+    pub panicking: bool,
+    /// Why `desired` is what it is, with the inputs.
+    pub reason: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Something the platform did on its own: a scaling decision, a service
+/// going to sleep or waking up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    /// Increasing with time.
+    pub seq: i64,
+    pub at: DateTime<Utc>,
+    pub app: String,
+    pub service: String,
+    /// `scaled_up`, `scaled_down`, `slept`, `woke`, `wake_failed`.
+    pub kind: String,
+    /// What happened and why, with the inputs.
+    pub message: String,
 }
 
 /// A deployment's lifecycle: `pending → pulling → starting → healthy`, then
@@ -121,17 +155,21 @@ pub enum InstanceState {
     Pulling,
     Starting,
     Healthy,
+    /// Frozen by a `min: 0` service's light sleep: memory kept, no CPU,
+    /// out of the route table until woken.
+    Sleeping,
     Draining,
     Stopped,
     Failed,
 }
 
 impl InstanceState {
-    pub const ALL: [InstanceState; 7] = [
+    pub const ALL: [InstanceState; 8] = [
         InstanceState::Pending,
         InstanceState::Pulling,
         InstanceState::Starting,
         InstanceState::Healthy,
+        InstanceState::Sleeping,
         InstanceState::Draining,
         InstanceState::Stopped,
         InstanceState::Failed,
@@ -147,6 +185,7 @@ impl InstanceState {
             InstanceState::Pulling => "pulling",
             InstanceState::Starting => "starting",
             InstanceState::Healthy => "healthy",
+            InstanceState::Sleeping => "sleeping",
             InstanceState::Draining => "draining",
             InstanceState::Stopped => "stopped",
             InstanceState::Failed => "failed",
@@ -165,6 +204,10 @@ impl InstanceState {
             // A healthy instance whose process exited or kept failing its
             // health checks is restarted in place.
             (Healthy, Starting) => true,
+            // Light sleep freezes a healthy instance; waking thaws it. One
+            // that fails to wake is restarted.
+            (Healthy, Sleeping) | (Sleeping, Healthy) | (Sleeping, Starting) => true,
+            (Sleeping, Draining) => true,
             _ => false,
         }
     }

@@ -214,6 +214,12 @@ mod defaults {
     pub fn one() -> u32 {
         1
     }
+    pub fn scale_to_zero_after() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn stable_window() -> Duration {
+        Duration::from_secs(60)
+    }
 }
 
 /// Sizes of instance, as Koyeb names them: CPU, memory and process limits.
@@ -283,8 +289,12 @@ impl fmt::Display for Isolation {
     }
 }
 
-/// How many instances run. Autoscaling between `min` and `max` comes later;
-/// today `min` instances run.
+/// How many instances run, and how they follow demand.
+///
+/// With `min == max` the service runs exactly that many instances. With
+/// `min < max` the autoscaler adds and removes instances to keep each
+/// target. With `min: 0` the service sleeps after `scale_to_zero_after`
+/// without requests and wakes on the next one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScalingSpec {
@@ -292,11 +302,101 @@ pub struct ScalingSpec {
     pub min: u32,
     #[serde(default = "defaults::one")]
     pub max: u32,
+    /// Per-instance targets the autoscaler keeps; concurrency 100 when none
+    /// is given.
+    #[serde(default, skip_serializing_if = "ScalingTargets::is_empty")]
+    pub targets: ScalingTargets,
+    /// Idle time (no request arriving or in flight) before a `min: 0`
+    /// service sleeps.
+    #[serde(default = "defaults::scale_to_zero_after")]
+    pub scale_to_zero_after: Duration,
+    /// How a `min: 0` service sleeps.
+    #[serde(default)]
+    pub sleep: SleepMode,
+    /// For `sleep: light`: after this much more idle time, a frozen
+    /// instance is stopped too (deep sleep), to free its memory. Never when
+    /// unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deep_sleep_after: Option<Duration>,
+    /// How far back the autoscaler averages load (Knative's stable
+    /// window, 6s to 1h). The panic window is a tenth of it.
+    #[serde(default = "defaults::stable_window")]
+    pub stable_window: Duration,
 }
 
 impl Default for ScalingSpec {
     fn default() -> Self {
-        Self { min: 1, max: 1 }
+        Self {
+            min: 1,
+            max: 1,
+            targets: ScalingTargets::default(),
+            scale_to_zero_after: defaults::scale_to_zero_after(),
+            sleep: SleepMode::default(),
+            deep_sleep_after: None,
+            stable_window: defaults::stable_window(),
+        }
+    }
+}
+
+impl ScalingSpec {
+    /// Whether the autoscaler has anything to decide.
+    pub fn is_autoscaled(&self) -> bool {
+        self.min < self.max || self.min == 0
+    }
+}
+
+/// What the autoscaler keeps per instance. Any subset; the instance count
+/// is the largest any of them asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScalingTargets {
+    /// Requests in flight per instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// Requests per second per instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<u32>,
+    /// CPU use, in percent of the instance type's CPU limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<u32>,
+    /// Memory use, in percent of the instance type's memory limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u32>,
+    /// 95th-percentile response time, measured at the router.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p95_latency: Option<Duration>,
+}
+
+impl ScalingTargets {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// How a service scaled to zero sleeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SleepMode {
+    /// Freeze the instance (cgroup freezer), keeping its memory: waking
+    /// takes milliseconds.
+    #[default]
+    Light,
+    /// Stop the instance: waking is a cold start.
+    Deep,
+}
+
+impl SleepMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SleepMode::Light => "light",
+            SleepMode::Deep => "deep",
+        }
+    }
+}
+
+impl fmt::Display for SleepMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use bora_api::{
-    ApiErrorBody, App, CreateSecret, Deployment, Instance, List, Secret, Service, ServiceSpec,
+    ApiErrorBody, App, CreateSecret, Deployment, Event, Instance, List, Secret, Service,
+    ServiceSpec,
 };
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 use serde::Serialize;
@@ -138,6 +139,23 @@ impl ApiClient {
             query.push(("all", "true".to_string()));
         }
         self.get(&["v1", "instances"], &query).await
+    }
+
+    /// The newest `limit` events, oldest first.
+    pub async fn list_events(
+        &self,
+        app: Option<&str>,
+        service: Option<&str>,
+        limit: usize,
+    ) -> Result<List<Event>, CliError> {
+        let mut query = vec![("limit", limit.to_string())];
+        if let Some(app) = app {
+            query.push(("app", app.to_string()));
+        }
+        if let Some(service) = service {
+            query.push(("service", service.to_string()));
+        }
+        self.get(&["v1", "events"], &query).await
     }
 
     /// One instance, with its history.

@@ -59,6 +59,7 @@ pub mod terminal;
 pub use commands::apps::AppsCommand;
 pub use commands::deploy::DeployArgs;
 pub use commands::deployments::DeploymentsCommand;
+pub use commands::events::EventsArgs;
 pub use commands::instances::InstancesCommand;
 pub use commands::logs::LogsArgs;
 pub use commands::secrets::SecretsCommand;
@@ -119,6 +120,8 @@ pub enum ClientCommand {
     /// Create, update, list and delete secrets.
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// Scaling decisions, sleeps and wake-ups.
+    Events(EventsArgs),
 }
 
 /// `bora <client command>` on its own: the global options and one command.

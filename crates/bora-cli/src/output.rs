@@ -5,7 +5,7 @@
 //! (Bora's IDs are random, so a prefix tells them apart). Commands that take
 //! an ID accept such a short ID too (see [`crate::refs`]).
 
-use bora_api::{App, Deployment, Instance, List, LogLine, Secret, Service};
+use bora_api::{App, Deployment, Event, Instance, List, LogLine, Secret, Service};
 use chrono::{DateTime, SecondsFormat, Utc};
 use comfy_table::{ContentArrangement, Table, presets};
 use serde::Serialize;
@@ -228,7 +228,7 @@ impl Row for Service {
 
 impl Fields for Service {
     fn fields(&self, _now: DateTime<Utc>) -> Vec<(&'static str, String)> {
-        vec![
+        let mut fields = vec![
             ("Service", format!("{}/{}", self.app, self.name)),
             ("ID", self.id.clone()),
             ("Type", self.kind.to_string()),
@@ -241,8 +241,34 @@ impl Fields for Service {
                 "Latest deployment",
                 or_dash(self.latest_deployment.as_deref()),
             ),
+        ];
+        if let Some(s) = &self.scaling {
+            let mut instances = format!("{} current, {} desired", s.current, s.desired);
+            if s.sleeping > 0 {
+                instances.push_str(&format!(", {} sleeping", s.sleeping));
+            }
+            if s.panicking {
+                instances.push_str(" (panic mode)");
+            }
+            fields.push(("Instances", instances));
+            fields.push(("Scaling", format!("{} ({})", s.reason, time(s.updated_at))));
+        }
+        fields.extend([
             ("Created", time(self.created_at)),
             ("Updated", time(self.updated_at)),
+        ]);
+        fields
+    }
+}
+
+impl Row for Event {
+    const HEADER: &'static [&'static str] = &["TIME", "SERVICE", "EVENT", "MESSAGE"];
+    fn cells(&self, _now: DateTime<Utc>) -> Vec<String> {
+        vec![
+            time(self.at),
+            format!("{}/{}", self.app, self.service),
+            self.kind.clone(),
+            self.message.clone(),
         ]
     }
 }

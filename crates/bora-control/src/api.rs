@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bora_api::{
-    ApiErrorBody, App, CreateSecret, Deployment, ErrorCode, Instance, List, LogLine, Secret,
+    ApiErrorBody, App, CreateSecret, Deployment, ErrorCode, Event, Instance, List, LogLine, Secret,
     Service, ServiceSpec,
 };
 use bora_node::logs::{Follower, LogRecord};
@@ -30,6 +30,8 @@ use crate::controller::Controller;
 pub struct ApiState {
     pub ctl: Arc<Controller>,
     pub token: Arc<str>,
+    /// Served as Prometheus text at `GET /metrics`.
+    pub metrics: Arc<prometheus_client::registry::Registry>,
 }
 
 /// An API error: a code and a message, rendered as JSON.
@@ -71,7 +73,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     paths(
         list_apps, get_app, delete_app, list_services, get_service, delete_service, create_deployment,
         list_deployments, get_deployment, delete_deployment, list_instances, get_instance, delete_instance,
-        list_secrets, create_secret, update_secret, delete_secret, service_logs
+        list_secrets, create_secret, update_secret, delete_secret, service_logs, list_events
     ),
     components(schemas(ApiErrorBody, LogLine)),
     modifiers(&BearerAuth),
@@ -120,6 +122,7 @@ pub fn router(state: ApiState) -> Router {
             "/secrets/{name}",
             axum::routing::put(update_secret).delete(delete_secret),
         )
+        .route("/events", get(list_events))
         .route("/openapi.json", get(openapi))
         .fallback(|| async {
             ApiError(
@@ -128,13 +131,20 @@ pub fn router(state: ApiState) -> Router {
             )
         })
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .with_state(state.clone());
+    let metrics = Router::new()
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state);
-    Router::new().nest("/v1", v1).fallback(|| async {
-        ApiError(
-            ErrorCode::NotFound,
-            "no such API endpoint: the API is under /v1/".into(),
-        )
-    })
+    Router::new()
+        .nest("/v1", v1)
+        .merge(metrics)
+        .fallback(|| async {
+            ApiError(
+                ErrorCode::NotFound,
+                "no such API endpoint: the API is under /v1/".into(),
+            )
+        })
 }
 
 async fn authenticate(
@@ -521,4 +531,47 @@ fn async_stream(
         rx,
         |mut rx| async move { rx.recv().await.map(|b| (Ok(b), rx)) },
     )
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct EventQuery {
+    app: Option<String>,
+    service: Option<String>,
+    /// Only events with a larger `seq` (to follow).
+    after: Option<i64>,
+    /// At most this many, the newest (default 100, at most 1000).
+    limit: Option<usize>,
+}
+
+/// Scaling decisions, sleeps and wake-ups, oldest first.
+#[utoipa::path(get, path = "/v1/events", params(EventQuery), responses((status = 200, body = List<Event>)))]
+async fn list_events(
+    State(s): State<ApiState>,
+    Query(q): Query<EventQuery>,
+) -> ApiResult<Json<List<Event>>> {
+    let items = s
+        .ctl
+        .store()
+        .list_events(&bora_store::EventFilter {
+            app: q.app.as_deref(),
+            service: q.service.as_deref(),
+            after: q.after,
+            limit: q.limit.unwrap_or(100).clamp(1, 1000),
+        })
+        .map_err(ControlError::from)?;
+    Ok(Json(List { items }))
+}
+
+/// Prometheus text exposition of the router's and the controller's metrics.
+async fn metrics(State(s): State<ApiState>) -> Result<impl IntoResponse, ApiError> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &s.metrics)
+        .map_err(|e| ApiError(ErrorCode::Internal, format!("encoding metrics: {e}")))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    ))
 }

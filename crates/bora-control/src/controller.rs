@@ -19,7 +19,9 @@ use bora_store::{DeploymentFilter, InstanceFilter, Store};
 use tokio::sync::{Notify, mpsc};
 
 use crate::ControlError;
+use crate::metrics::ControlMetrics;
 use crate::supervisor::{self, Command, Mode};
+use crate::wake::RouterWaker;
 
 /// The reason prefix of instances found dead after a server restart: the
 /// platform's failure, not the deployment's, so a resumed rollout replaces
@@ -42,6 +44,8 @@ pub struct ControllerConfig {
     /// How often the controller checks that every service runs as many
     /// instances as it should.
     pub reconcile_interval: Duration,
+    /// How often the autoscaler samples and decides.
+    pub scale_interval: Duration,
 }
 
 pub struct Controller {
@@ -56,6 +60,9 @@ pub struct Controller {
     rollouts: Mutex<HashSet<String>>,
     /// Woken on every instance state change.
     pub(crate) changed: Notify,
+    /// Services (`app/service`) with a wake under way.
+    pub(crate) waking: Mutex<HashSet<String>>,
+    pub(crate) metrics: ControlMetrics,
 }
 
 impl Controller {
@@ -65,7 +72,7 @@ impl Controller {
         router: Arc<Router>,
         config: ControllerConfig,
     ) -> Arc<Self> {
-        Arc::new(Self {
+        let ctl = Arc::new(Self {
             store,
             node,
             router,
@@ -74,7 +81,23 @@ impl Controller {
             supervisors: Mutex::new(HashMap::new()),
             rollouts: Mutex::new(HashSet::new()),
             changed: Notify::new(),
-        })
+            waking: Mutex::new(HashSet::new()),
+            metrics: ControlMetrics::default(),
+        });
+        ctl.router
+            .set_waker(Arc::new(RouterWaker(Arc::downgrade(&ctl))));
+        ctl
+    }
+
+    /// Registers the controller's and the router's metrics.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.router.register_metrics(registry);
+        self.metrics.register(registry);
+    }
+
+    /// Runs the autoscaler until the process ends.
+    pub async fn autoscale_forever(self: Arc<Self>) {
+        crate::scaler::run_forever(self).await
     }
 
     pub fn store(&self) -> &dyn Store {
@@ -125,6 +148,14 @@ impl Controller {
             }
         }
         Ok(())
+    }
+
+    /// Whether a rollout task runs for `deployment`.
+    pub(crate) fn rollout_running(&self, deployment: &str) -> bool {
+        self.rollouts
+            .lock()
+            .expect("rollouts lock")
+            .contains(deployment)
     }
 
     pub(crate) fn spawn_rollout(self: &Arc<Self>, deployment: String) {
@@ -252,6 +283,28 @@ impl Controller {
         });
     }
 
+    /// Sends a command to an instance's supervisor; false if it has none.
+    pub(crate) fn send_command(&self, id: &str, command: Command) -> bool {
+        let sender = self
+            .supervisors
+            .lock()
+            .expect("supervisors lock")
+            .get(id)
+            .cloned();
+        sender.is_some_and(|tx| tx.send(command).is_ok())
+    }
+
+    /// Records an event of a service (best effort: a failure is logged).
+    pub(crate) fn record_event(&self, app: &str, service: &str, kind: &str, message: &str) {
+        if let Err(e) = self.store.record_event(app, service, kind, message) {
+            tracing::warn!(app, service, kind, error = %e, "recording an event");
+        }
+    }
+
+    pub(crate) fn event(&self, svc: &Service, kind: &str, message: &str) {
+        self.record_event(&svc.app, &svc.name, kind, message);
+    }
+
     /// Asks an instance to drain (finish in-flight requests) and stop, or to
     /// stop at once. Instances without a supervisor are cleaned up here.
     pub(crate) async fn stop_instance(
@@ -260,20 +313,12 @@ impl Controller {
         reason: &str,
         drain: bool,
     ) -> Result<(), ControlError> {
-        let sender = self
-            .supervisors
-            .lock()
-            .expect("supervisors lock")
-            .get(id)
-            .cloned();
         let command = if drain {
             Command::Drain(reason.to_string())
         } else {
             Command::Stop(reason.to_string())
         };
-        if let Some(tx) = sender
-            && tx.send(command).is_ok()
-        {
+        if self.send_command(id, command) {
             return Ok(());
         }
         let instance = self.store.get_instance(id)?;
@@ -391,6 +436,8 @@ impl Controller {
                     })
                     .collect(),
                 backends,
+                // A service that may sleep is woken by the requests it gets.
+                wakeable: d.spec.scaling.min == 0,
             });
         }
         Ok(RouteTable { services })
@@ -581,7 +628,10 @@ impl Controller {
             let ip = found.and_then(|r| r.ip);
             match (instance.state, running, ip) {
                 (
-                    InstanceState::Healthy | InstanceState::Starting | InstanceState::Draining,
+                    InstanceState::Healthy
+                    | InstanceState::Starting
+                    | InstanceState::Draining
+                    | InstanceState::Sleeping,
                     true,
                     Some(ip),
                 ) => {
@@ -634,12 +684,10 @@ impl Controller {
                 continue;
             };
             let d = self.store.get_deployment(active)?;
+            // The autoscaler keeps autoscaled services at their count.
             if d.status != DeploymentStatus::Healthy
-                || self
-                    .rollouts
-                    .lock()
-                    .expect("rollouts lock")
-                    .contains(active)
+                || (d.spec.kind == ServiceType::Web && d.spec.scaling.is_autoscaled())
+                || self.rollout_running(active)
             {
                 continue;
             }

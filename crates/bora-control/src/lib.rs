@@ -11,9 +11,12 @@
 pub mod api;
 pub mod controller;
 pub mod error;
+mod metrics;
 pub mod rollout;
+mod scaler;
 pub mod server;
 pub mod supervisor;
+mod wake;
 
 pub use error::ControlError;
 pub use server::{ServerConfig, ServerHandle, start};

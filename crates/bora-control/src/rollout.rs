@@ -98,8 +98,11 @@ async fn rollout(ctl: &Arc<Controller>, id: &str) -> Result<(), ControlError> {
         return Ok(());
     }
 
-    // 2. Start the instances the deployment still needs.
-    let want = d.spec.scaling.min as usize;
+    // 2. Start the instances the deployment still needs: at least one (a
+    // `min: 0` service proves it works before it may sleep), and as many as
+    // the deployment it replaces serves now, so a rollout under load keeps
+    // its capacity.
+    let want = initial_instances(ctl, &d)?;
     set(
         ctl,
         id,
@@ -178,6 +181,20 @@ async fn rollout(ctl: &Arc<Controller>, id: &str) -> Result<(), ControlError> {
         drain_deployment(ctl, &old).await?;
     }
     Ok(())
+}
+
+/// How many instances a new deployment starts with.
+fn initial_instances(ctl: &Controller, d: &Deployment) -> Result<usize, ControlError> {
+    let scaling = &d.spec.scaling;
+    let serving = match ctl.store.get_service(&d.app, &d.service)?.active_deployment {
+        Some(active) if active != d.id => ctl
+            .live_instances(&active)?
+            .iter()
+            .filter(|i| i.state == InstanceState::Healthy)
+            .count() as u32,
+        _ => 0,
+    };
+    Ok(serving.max(scaling.min).max(1).min(scaling.max.max(1)) as usize)
 }
 
 /// Drains and stops every instance of a replaced deployment.

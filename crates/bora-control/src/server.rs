@@ -34,6 +34,11 @@ pub struct ServerConfig {
     pub network: NetworkConfig,
     /// The `bora` binary, run as `bora shim` for each instance.
     pub shim_exe: PathBuf,
+    /// Longest a request waits for a sleeping service to wake before it
+    /// gets 503 with `Retry-After`.
+    pub hold_timeout: Duration,
+    /// Most requests held per sleeping service; more get 503 at once.
+    pub max_held: usize,
 }
 
 /// A running server.
@@ -145,7 +150,11 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ControlError> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
-    let router = Router::new(RouterConfig::new(config.domain.clone()));
+    let router = Router::new(RouterConfig {
+        hold_timeout: config.hold_timeout,
+        max_held: config.max_held,
+        ..RouterConfig::new(config.domain.clone())
+    });
     tokio::spawn(
         router
             .clone()
@@ -163,14 +172,19 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ControlError> {
             drain_timeout: Duration::from_secs(30),
             stop_grace: Duration::from_secs(10),
             reconcile_interval: Duration::from_secs(2),
+            scale_interval: Duration::from_secs(1),
         },
     );
     controller.recover().await?;
     tokio::spawn(controller.clone().reconcile_forever());
+    tokio::spawn(controller.clone().autoscale_forever());
 
+    let mut metrics = prometheus_client::registry::Registry::default();
+    controller.register_metrics(&mut metrics);
     let app = api::router(ApiState {
         ctl: controller.clone(),
         token: token.into(),
+        metrics: Arc::new(metrics),
     });
     let api_shutdown = wait_shutdown(shutdown_rx);
     tokio::spawn(async move {

@@ -5,6 +5,10 @@
 //! deployment fails fast with the reason); one that was healthy and then
 //! exits or fails `restart_limit` checks in a row is restarted in place,
 //! with exponential back-off.
+//!
+//! Light sleep: on [`Command::Sleep`] a healthy instance is frozen and leaves
+//! the route table; on [`Command::Wake`] it is thawed, probed tightly until
+//! its check passes, and routed again. One that fails to wake is restarted.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -13,19 +17,47 @@ use std::time::Duration;
 use bora_api::{Deployment, HealthCheckSpec, Instance, InstanceState};
 use bora_node::InstanceStatus;
 use bora_node::health::Probe;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep};
 use tracing::Instrument;
 
 use crate::controller::Controller;
 
 /// Orders for a supervisor.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Command {
     /// Stop receiving requests, let in-flight ones finish, then stop.
     Drain(String),
     /// Stop now.
     Stop(String),
+    /// Light sleep: freeze the (healthy) instance, with this reason.
+    Sleep(String),
+    /// Thaw a sleeping instance and route to it once its check passes. The
+    /// reply comes when it is healthy again, or says why it could not wake.
+    /// An instance that is awake answers at once.
+    Wake(oneshot::Sender<Result<(), String>>),
+}
+
+/// What the supervisor does next.
+enum Next {
+    /// Probe tightly until the first pass.
+    Probe,
+    /// Healthy: watch the process and check at the interval.
+    Watch,
+    /// Freeze, and wait to be woken.
+    Sleep(String),
+    /// Restart in place after this failure.
+    Restart(String),
+}
+
+/// How a light sleep ended.
+enum Asleep {
+    /// Thawed and healthy again.
+    Woke,
+    /// A stop or drain ended the supervisor.
+    Done,
+    /// It died while asleep or could not wake: restart it.
+    Failed(String),
 }
 
 /// How the supervisor takes over its instance.
@@ -109,17 +141,22 @@ async fn supervise(
     let id = instance.id.clone();
     let d = ctl.store.get_deployment(&instance.deployment)?;
     let checks = Checks::of(&d);
-    let mut was_healthy = instance.state == InstanceState::Healthy;
+    let mut was_healthy = matches!(
+        instance.state,
+        InstanceState::Healthy | InstanceState::Sleeping
+    );
 
-    let mut ip = match mode {
-        Mode::Adopt { ip } => {
-            if instance.state == InstanceState::Draining {
+    let (mut ip, mut next) = match mode {
+        Mode::Adopt { ip } => match instance.state {
+            InstanceState::Draining => {
                 return finish(ctl, &id, "drained after a server restart", true).await;
             }
-            ip
-        }
+            InstanceState::Sleeping => (ip, Next::Sleep("asleep after a server restart".into())),
+            InstanceState::Healthy => (ip, Next::Watch),
+            _ => (ip, Next::Probe),
+        },
         Mode::Start => match start(ctl, &d, &id).await {
-            Ok(ip) => ip,
+            Ok(ip) => (ip, Next::Probe),
             Err(reason) => {
                 ctl.transition(&id, InstanceState::Failed, &reason)?;
                 return Ok(());
@@ -129,13 +166,14 @@ async fn supervise(
 
     let mut backoff = Duration::from_secs(1);
     loop {
-        if !was_healthy || instance_state(ctl, &id) == Some(InstanceState::Starting) {
-            match wait_healthy(ctl, &id, ip, &checks, rx).await {
+        next = match next {
+            Next::Probe => match wait_healthy(ctl, &id, ip, &checks, rx).await {
                 Outcome::Healthy => {
                     ctl.transition(&id, InstanceState::Healthy, &describe_pass(&checks))?;
                     ctl.publish_routes();
                     was_healthy = true;
                     backoff = Duration::from_secs(1);
+                    Next::Watch
                 }
                 Outcome::Command(cmd) => return obey(ctl, &id, cmd).await,
                 Outcome::Failed(reason) if !was_healthy => {
@@ -143,27 +181,141 @@ async fn supervise(
                     ctl.transition(&id, InstanceState::Failed, &reason)?;
                     return Ok(());
                 }
-                Outcome::Failed(reason) => {
-                    match restart(ctl, &d, &id, &reason, &mut backoff, rx).await? {
-                        Some(new_ip) => ip = new_ip,
-                        None => return Ok(()),
-                    }
-                    continue;
+                Outcome::Failed(reason) => Next::Restart(reason),
+            },
+            Next::Watch => match watch_healthy(ctl, &id, ip, &checks, rx).await {
+                Outcome::Command(Command::Sleep(reason)) => Next::Sleep(reason),
+                Outcome::Command(cmd) => return obey(ctl, &id, cmd).await,
+                Outcome::Failed(reason) => Next::Restart(reason),
+                Outcome::Healthy => {
+                    unreachable!("watch_healthy returns only on failure or command")
                 }
-            }
-        }
-
-        // Healthy: watch the process and check at the interval.
-        match watch_healthy(ctl, &id, ip, &checks, rx).await {
-            Outcome::Command(cmd) => return obey(ctl, &id, cmd).await,
-            Outcome::Failed(reason) => {
+            },
+            Next::Sleep(reason) => match asleep(ctl, &id, ip, &checks, &reason, rx).await? {
+                Asleep::Woke => Next::Watch,
+                Asleep::Done => return Ok(()),
+                Asleep::Failed(reason) => Next::Restart(reason),
+            },
+            Next::Restart(reason) => {
                 match restart(ctl, &d, &id, &reason, &mut backoff, rx).await? {
-                    Some(new_ip) => ip = new_ip,
+                    Some(new_ip) => {
+                        ip = new_ip;
+                        Next::Probe
+                    }
                     None => return Ok(()),
                 }
             }
-            Outcome::Healthy => unreachable!("watch_healthy returns only on failure or command"),
+        };
+    }
+}
+
+/// Answers a wake order for an instance that is not asleep; passes every
+/// other command through.
+fn unless_wake(cmd: Command) -> Option<Command> {
+    match cmd {
+        Command::Wake(reply) => {
+            let _ = reply.send(Ok(()));
+            None
         }
+        other => Some(other),
+    }
+}
+
+/// Light sleep: freezes the instance, takes it out of the route table, and
+/// waits for a command. A wake thaws it and probes tightly (every
+/// millisecond or so) so the router can forward the held requests the moment
+/// the instance answers.
+async fn asleep(
+    ctl: &Arc<Controller>,
+    id: &str,
+    ip: IpAddr,
+    checks: &Checks,
+    reason: &str,
+    rx: &mut mpsc::UnboundedReceiver<Command>,
+) -> Result<Asleep, crate::ControlError> {
+    // Out of the table first, so no new request reaches a frozen process.
+    if instance_state(ctl, id) != Some(InstanceState::Sleeping) {
+        ctl.transition(id, InstanceState::Sleeping, reason)?;
+        ctl.publish_routes();
+        // Requests already sent finish before the freeze.
+        let deadline = Instant::now() + ctl.config.drain_timeout;
+        while ctl.router.in_flight(id) > 0 && Instant::now() < deadline {
+            sleep(Duration::from_millis(10)).await;
+        }
+    }
+    if let Err(e) = ctl.node.pause(id).await {
+        return Ok(Asleep::Failed(format!("cannot freeze it: {e}")));
+    }
+    loop {
+        let cmd = tokio::select! {
+            cmd = rx.recv() => cmd,
+            _ = sleep(Duration::from_secs(1)) => {
+                if let Some(reason) = not_running(ctl, id) {
+                    return Ok(Asleep::Failed(format!("while asleep: {reason}")));
+                }
+                continue;
+            }
+        };
+        match cmd {
+            // The controller went away: stay asleep; a restart re-adopts.
+            None => return Ok(Asleep::Done),
+            Some(Command::Sleep(_)) => continue,
+            Some(Command::Wake(reply)) => {
+                let started = Instant::now();
+                match thaw(ctl, id, ip, checks).await {
+                    Ok(()) => {
+                        let took = started.elapsed();
+                        ctl.transition(
+                            id,
+                            InstanceState::Healthy,
+                            &format!(
+                                "woke from light sleep in {:.1} ms",
+                                took.as_secs_f64() * 1e3
+                            ),
+                        )?;
+                        ctl.publish_routes();
+                        let _ = reply.send(Ok(()));
+                        return Ok(Asleep::Woke);
+                    }
+                    Err(reason) => {
+                        let reason = format!("failed to wake: {reason}");
+                        let _ = reply.send(Err(reason.clone()));
+                        return Ok(Asleep::Failed(reason));
+                    }
+                }
+            }
+            Some(cmd) => {
+                obey(ctl, id, cmd).await?;
+                return Ok(Asleep::Done);
+            }
+        }
+    }
+}
+
+/// Thaws the instance and probes it until the check passes.
+async fn thaw(ctl: &Controller, id: &str, ip: IpAddr, checks: &Checks) -> Result<(), String> {
+    ctl.node.resume(id).await.map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + checks.startup_deadline();
+    let mut pause = Duration::from_micros(500);
+    loop {
+        if let Some(reason) = not_running(ctl, id) {
+            return Err(reason);
+        }
+        let Some(probe) = &checks.probe else {
+            return Ok(());
+        };
+        let error = match ctl.prober.check(ip, probe, checks.timeout).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if Instant::now() > deadline {
+            return Err(format!(
+                "no passing check within {} of thawing: {error}",
+                humanize(checks.startup_deadline())
+            ));
+        }
+        sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
 
@@ -219,9 +371,16 @@ async fn wait_healthy(
     rx: &mut mpsc::UnboundedReceiver<Command>,
 ) -> Outcome {
     let started = Instant::now();
+    // Tight at first (a cold start waking a service is on the hot path),
+    // backing off to 100 ms.
+    let mut pause = Duration::from_millis(2);
     loop {
         if let Ok(cmd) = rx.try_recv() {
-            return Outcome::Command(cmd);
+            match unless_wake(cmd) {
+                // Only a healthy instance can be put to sleep.
+                None | Some(Command::Sleep(_)) => {}
+                Some(cmd) => return Outcome::Command(cmd),
+            }
         }
         if let Some(reason) = not_running(ctl, id) {
             return Outcome::Failed(reason);
@@ -240,9 +399,13 @@ async fn wait_healthy(
             ));
         }
         tokio::select! {
-            cmd = rx.recv() => if let Some(cmd) = cmd { return Outcome::Command(cmd) },
-            _ = sleep(Duration::from_millis(100)) => {}
+            cmd = rx.recv() => match cmd.and_then(unless_wake) {
+                None | Some(Command::Sleep(_)) => {}
+                Some(cmd) => return Outcome::Command(cmd),
+            },
+            _ = sleep(pause) => {}
         }
+        pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
 
@@ -259,7 +422,7 @@ async fn watch_healthy(
     loop {
         tokio::select! {
             cmd = rx.recv() => match cmd {
-                Some(cmd) => return Outcome::Command(cmd),
+                Some(cmd) => if let Some(cmd) = unless_wake(cmd) { return Outcome::Command(cmd) },
                 None => return Outcome::Command(Command::Stop("the controller went away".into())),
             },
             _ = sleep(Duration::from_millis(250)) => {}
@@ -307,13 +470,20 @@ async fn restart(
             .increment_instance_restarts(id, &format!("restart after: {reason}"))?;
         ctl.publish_routes();
         let _ = ctl.node.stop(id, ctl.config.stop_grace).await;
-        tokio::select! {
-            cmd = rx.recv() => {
-                let cmd = cmd.unwrap_or(Command::Stop("the controller went away".into()));
-                obey(ctl, id, cmd).await?;
-                return Ok(None);
+        let until = Instant::now() + *backoff;
+        loop {
+            let cmd = tokio::select! {
+                cmd = rx.recv() => cmd.unwrap_or(Command::Stop("the controller went away".into())),
+                _ = tokio::time::sleep_until(until) => break,
+            };
+            // A wake is answered at once: the waker then waits for health.
+            match unless_wake(cmd) {
+                None | Some(Command::Sleep(_)) => {}
+                Some(cmd) => {
+                    obey(ctl, id, cmd).await?;
+                    return Ok(None);
+                }
             }
-            _ = sleep(*backoff) => {}
         }
         *backoff = (*backoff * 2).min(Duration::from_secs(60));
         let started = async {
@@ -341,6 +511,12 @@ async fn obey(ctl: &Arc<Controller>, id: &str, cmd: Command) -> Result<(), crate
     match cmd {
         Command::Drain(reason) => finish(ctl, id, &reason, true).await,
         Command::Stop(reason) => finish(ctl, id, &reason, false).await,
+        // Callers handle these; reaching here means there is nothing to do.
+        Command::Sleep(_) => Ok(()),
+        Command::Wake(reply) => {
+            let _ = reply.send(Err("the instance is stopping".into()));
+            Ok(())
+        }
     }
 }
 
@@ -356,7 +532,7 @@ async fn finish(
     if drain
         && matches!(
             state,
-            Some(InstanceState::Healthy | InstanceState::Starting)
+            Some(InstanceState::Healthy | InstanceState::Starting | InstanceState::Sleeping)
         )
     {
         ctl.transition(id, InstanceState::Draining, reason)?;

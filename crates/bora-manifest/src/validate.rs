@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 
 use bora_api::names::{self, NameError};
-use bora_api::{EnvValue, HealthCheckSpec, Protocol, RouteSpec, ServiceSpec, ServiceType};
+use bora_api::{
+    EnvValue, HealthCheckSpec, Protocol, RouteSpec, ServiceSpec, ServiceType, SleepMode,
+};
 
 use crate::error::Violation;
 use crate::path::Path;
@@ -393,13 +395,8 @@ fn check_health(spec: &ServiceSpec, check: &HealthCheckSpec, findings: &mut Vec<
 
 fn check_scaling(spec: &ServiceSpec, findings: &mut Vec<Finding>) {
     let scaling = Path::root().key("scaling");
-    let (min, max) = (spec.scaling.min, spec.scaling.max);
-    if min == 0 {
-        findings.push(
-            Finding::new(scaling.key("min"), "`min: 0` is not supported yet")
-                .help("scale to zero arrives with autoscaling; use min: 1 for now"),
-        );
-    }
+    let s = &spec.scaling;
+    let (min, max) = (s.min, s.max);
     if max == 0 {
         findings.push(
             Finding::new(scaling.key("max"), "`max` must be at least 1").help("e.g. `max: 1`"),
@@ -420,6 +417,98 @@ fn check_scaling(spec: &ServiceSpec, findings: &mut Vec<Finding>) {
             )
             .help(format!("raise `max` to at least {min}, or lower `min`")),
         );
+    }
+    if min == 0 && spec.kind != ServiceType::Web {
+        findings.push(
+            Finding::new(
+                scaling.key("min"),
+                format!("a {} service cannot scale to zero", spec.kind),
+            )
+            .help("only web services wake on a request; use `min: 1`"),
+        );
+    }
+
+    let targets = scaling.key("targets");
+    let counts = [
+        ("concurrency", s.targets.concurrency),
+        ("requests_per_second", s.targets.requests_per_second),
+    ];
+    for (name, value) in counts {
+        if value == Some(0) {
+            findings.push(
+                Finding::new(targets.key(name), format!("`{name}` must be at least 1"))
+                    .help("it is the amount each instance should handle, e.g. 20"),
+            );
+        }
+    }
+    for (name, value) in [("cpu", s.targets.cpu), ("memory", s.targets.memory)] {
+        if let Some(percent) = value
+            && !(1..=100).contains(&percent)
+        {
+            findings.push(
+                Finding::new(
+                    targets.key(name),
+                    format!("`{name}: {percent}` is not a percentage between 1 and 100"),
+                )
+                .help(format!(
+                    "the share of the instance's {name} limit to aim for, e.g. 70"
+                )),
+            );
+        }
+    }
+    if s.targets.p95_latency.is_some_and(|d| d.get().is_zero()) {
+        findings.push(
+            Finding::new(
+                targets.key("p95_latency"),
+                "`p95_latency` must be more than 0",
+            )
+            .help("e.g. `p95_latency: 200ms`"),
+        );
+    }
+
+    if s.scale_to_zero_after.get() < std::time::Duration::from_secs(1) {
+        findings.push(
+            Finding::new(
+                scaling.key("scale_to_zero_after"),
+                format!(
+                    "`scale_to_zero_after: {}` is shorter than 1s",
+                    s.scale_to_zero_after
+                ),
+            )
+            .help("the idle time before the service sleeps, e.g. `5m`; at least `1s`"),
+        );
+    }
+    let window = s.stable_window.get();
+    if window < std::time::Duration::from_secs(6) || window > std::time::Duration::from_secs(3600) {
+        findings.push(
+            Finding::new(
+                scaling.key("stable_window"),
+                format!(
+                    "`stable_window: {}` is not between 6s and 1h",
+                    s.stable_window
+                ),
+            )
+            .help("how far back load is averaged; the default is `60s`"),
+        );
+    }
+    if let Some(after) = s.deep_sleep_after {
+        if after.get() < std::time::Duration::from_secs(1) {
+            findings.push(
+                Finding::new(
+                    scaling.key("deep_sleep_after"),
+                    format!("`deep_sleep_after: {after}` is shorter than 1s"),
+                )
+                .help("the extra idle time before a frozen instance is stopped, e.g. `30m`"),
+            );
+        } else if s.sleep != SleepMode::Light {
+            findings.push(
+                Finding::new(
+                    scaling.key("deep_sleep_after"),
+                    "`deep_sleep_after` applies only to `sleep: light`",
+                )
+                .help("with `sleep: deep` the instance is stopped at once; remove the field"),
+            );
+        }
     }
 }
 

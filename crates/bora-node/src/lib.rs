@@ -15,6 +15,7 @@
 //! cleans up what is not: no leaked processes, mounts, veths or addresses.
 
 pub mod bundle;
+pub mod cgroup;
 pub mod health;
 pub mod logs;
 pub mod network;

@@ -252,7 +252,7 @@ impl Node {
             &spec.hostname,
             spec.limits,
             spec.isolation,
-            &format!("/bora/{id}"),
+            &crate::cgroup::path(id),
             &BundlePaths {
                 hosts: &hosts,
                 resolv_conf: &resolv,
@@ -350,6 +350,12 @@ impl Node {
         let signal = stop_signal(record.as_ref().and_then(|r| r.stop_signal.as_deref()));
         let runtime = self.runtime(isolation);
         if self.status(id) == InstanceStatus::Running {
+            // A frozen instance cannot act on a signal: thaw it first.
+            if runtime.state(id).await.ok().flatten().as_deref() == Some("paused")
+                && let Err(e) = self.resume(id).await
+            {
+                tracing::debug!(instance = %id, error = %e, "thawing before stop");
+            }
             if let Err(e) = runtime.kill(id, &signal).await {
                 tracing::debug!(instance = %id, error = %e, "SIGTERM");
             }
@@ -366,6 +372,28 @@ impl Node {
             }
         }
         self.destroy(id).await
+    }
+
+    /// Freezes an instance (light sleep): its processes stop getting CPU
+    /// and keep their memory.
+    pub async fn pause(&self, id: &str) -> Result<(), NodeError> {
+        let isolation = self.record(id).map(|r| r.isolation).unwrap_or_default();
+        self.runtime(isolation).pause(id).await
+    }
+
+    /// Thaws a frozen instance. For runc this writes the cgroup freezer
+    /// directly (the wake-up hot path); other runtimes are asked.
+    pub async fn resume(&self, id: &str) -> Result<(), NodeError> {
+        let isolation = self.record(id).map(|r| r.isolation).unwrap_or_default();
+        if isolation == Isolation::Container && crate::cgroup::thaw(id) {
+            return Ok(());
+        }
+        self.runtime(isolation).resume(id).await
+    }
+
+    /// CPU and memory the instance uses, from its cgroup.
+    pub fn usage(&self, id: &str) -> Option<crate::cgroup::Usage> {
+        crate::cgroup::usage(id)
     }
 
     /// Removes every trace of the instance but its logs: the runtime's

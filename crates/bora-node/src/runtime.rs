@@ -147,6 +147,28 @@ impl Runtime {
         Ok(())
     }
 
+    /// Freezes the container's processes (`pause`).
+    pub async fn pause(&self, id: &str) -> Result<(), NodeError> {
+        self.freeze_step(id, "pause", "paused").await
+    }
+
+    /// Thaws a paused container (`resume`).
+    pub async fn resume(&self, id: &str) -> Result<(), NodeError> {
+        self.freeze_step(id, "resume", "running").await
+    }
+
+    /// Runs `pause` or `resume`; already being in `want` is success.
+    async fn freeze_step(&self, id: &str, verb: &str, want: &str) -> Result<(), NodeError> {
+        let out = self.exec(id, &[verb, id]).await?;
+        if out.status.success() || self.state(id).await?.as_deref() == Some(want) {
+            return Ok(());
+        }
+        Err(NodeError::Command {
+            command: format!("{} {verb} {id}", self.binary.display()),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+
     /// Removes the runtime's record of the container, killing it if needed.
     pub async fn delete(&self, id: &str) -> Result<(), NodeError> {
         let out = self.exec(id, &["delete", "--force", id]).await?;

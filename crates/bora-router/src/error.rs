@@ -17,6 +17,9 @@ use http::{Response, StatusCode};
 use crate::body::ProxyBody;
 use crate::headers::X_REQUEST_ID;
 
+/// The `Retry-After` of a service that has no instance yet.
+const RETRY_AFTER_DELAY: Duration = Duration::from_secs(1);
+
 /// The error type underneath an upstream failure.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -130,6 +133,38 @@ pub enum ErrorKind {
         /// The upstream header timeout.
         timeout: Duration,
     },
+    /// The service was asleep and no instance of it became healthy within
+    /// the hold timeout.
+    #[error("service {service} in app {app} did not wake within {timeout:?}")]
+    WakeTimeout {
+        /// App of the service.
+        app: Arc<str>,
+        /// Service name.
+        service: Arc<str>,
+        /// The hold timeout.
+        timeout: Duration,
+    },
+    /// The service is asleep and `limit` requests already wait for it.
+    #[error("too many requests waiting for service {service} in app {app} to wake ({limit} held)")]
+    TooManyHeld {
+        /// App of the service.
+        app: Arc<str>,
+        /// Service name.
+        service: Arc<str>,
+        /// The most requests held per service.
+        limit: usize,
+    },
+    /// The control plane could not wake the service.
+    #[error("service {service} in app {app} did not wake: {reason}")]
+    WakeFailed {
+        /// App of the service.
+        app: Arc<str>,
+        /// Service name.
+        service: Arc<str>,
+        /// What the control plane reported, e.g. "instance abc failed
+        /// while waking: exited with code 1".
+        reason: String,
+    },
     /// A bug or an impossible state in the router.
     #[error("internal router error: {0}")]
     Internal(String),
@@ -141,7 +176,10 @@ impl ErrorKind {
         match self {
             Self::MissingHost | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::UnknownHost { .. } | Self::NoRoute { .. } => StatusCode::NOT_FOUND,
-            Self::NoHealthyInstance { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoHealthyInstance { .. }
+            | Self::WakeTimeout { .. }
+            | Self::TooManyHeld { .. }
+            | Self::WakeFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::ConnectFailed { .. } | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::ConnectTimeout { .. } | Self::UpstreamTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -156,11 +194,28 @@ impl ErrorKind {
             | Self::BadRequest(_)
             | Self::UnknownHost { .. }
             | Self::NoRoute { .. } => ErrorSource::Downstream,
-            Self::NoHealthyInstance { .. } | Self::Internal(_) => ErrorSource::Internal,
+            Self::NoHealthyInstance { .. }
+            | Self::WakeTimeout { .. }
+            | Self::TooManyHeld { .. }
+            | Self::WakeFailed { .. }
+            | Self::Internal(_) => ErrorSource::Internal,
             Self::ConnectFailed { .. }
             | Self::ConnectTimeout { .. }
             | Self::UpstreamFailed { .. }
             | Self::UpstreamTimeout { .. } => ErrorSource::Upstream,
+        }
+    }
+
+    /// How long the client should wait before trying again, for failures
+    /// that waiting cures (the service has, or will soon have, instances):
+    /// sent as `Retry-After`, in whole seconds.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::NoHealthyInstance { .. }
+            | Self::WakeTimeout { .. }
+            | Self::TooManyHeld { .. }
+            | Self::WakeFailed { .. } => Some(RETRY_AFTER_DELAY),
+            _ => None,
         }
     }
 
@@ -249,8 +304,8 @@ pub(crate) fn error_response(
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     headers.insert(X_REQUEST_ID, request_id.clone());
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    if let Some(delay) = error.kind.retry_after() {
+        headers.insert(RETRY_AFTER, HeaderValue::from(delay.as_secs().max(1)));
     }
     response
 }
@@ -327,5 +382,43 @@ mod tests {
             ProxyError::new(ErrorKind::MissingHost).status(),
             StatusCode::BAD_REQUEST
         );
+        assert_eq!(unknown.kind.retry_after(), None);
+    }
+
+    #[test]
+    fn wake_errors_are_503_with_retry_after_and_name_the_service() {
+        let kinds = [
+            ErrorKind::WakeTimeout {
+                app: "hello".into(),
+                service: "web".into(),
+                timeout: Duration::from_secs(30),
+            },
+            ErrorKind::TooManyHeld {
+                app: "hello".into(),
+                service: "web".into(),
+                limit: 1000,
+            },
+            ErrorKind::WakeFailed {
+                app: "hello".into(),
+                service: "web".into(),
+                reason: "instance abc failed while waking: exited with code 1".into(),
+            },
+        ];
+        let messages = kinds.each_ref().map(ToString::to_string);
+        assert_eq!(
+            messages,
+            [
+                "service web in app hello did not wake within 30s",
+                "too many requests waiting for service web in app hello to wake (1000 held)",
+                "service web in app hello did not wake: instance abc failed while waking: exited with code 1",
+            ]
+        );
+        for kind in kinds {
+            assert_eq!(kind.retry_after(), Some(Duration::from_secs(1)));
+            let error = ProxyError::new(kind);
+            assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(error.source, ErrorSource::Internal);
+            assert!(!error.retryable);
+        }
     }
 }

@@ -6,8 +6,13 @@
 //! [`Phase`] of every request, with the request's [`RequestInfo`]; the
 //! default does nothing and costs one virtual call per phase.
 //!
-//! [`Phase`] is `#[non_exhaustive]`: phases such as "held while the service
-//! scales up from zero" join it without breaking implementors.
+//! [`Phase`] is `#[non_exhaustive]`: new phases (like [`Phase::Held`], for
+//! requests waiting while a service scales up from zero) join it without
+//! breaking implementors.
+//!
+//! The router's own per-service statistics (`Router::service_stats`, the
+//! Prometheus metrics) do not go through hooks: the request's scope carries
+//! them, so they cost no virtual call.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,6 +21,7 @@ use http::StatusCode;
 use http::header::HeaderValue;
 
 use crate::error::ProxyError;
+use crate::stats::RequestStats;
 use crate::table::Lease;
 
 /// Observes request phases. Every method has a no-op default.
@@ -56,7 +62,12 @@ pub struct RequestInfo {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Phase<'a> {
-    /// Host and path matched a service (`app` and `service` are set).
+    /// The request's service is asleep (wakeable, no instance): the request
+    /// is held while it wakes (`app` and `service` are set). `Routed`
+    /// follows once the service has an instance.
+    Held,
+    /// Host and path matched a service that has instances (`app` and
+    /// `service` are set).
     Routed,
     /// An instance was chosen and the request is being sent to it
     /// (`instance_id` is set). Fires again on a retry.
@@ -73,9 +84,10 @@ pub enum Phase<'a> {
     Completed,
 }
 
-/// Per-request state that must end with the response: the in-flight lease
-/// and the `Completed` phase. It travels inside the response body (or the
-/// upgraded tunnel) and does both when dropped, whatever the path out.
+/// Per-request state that must end with the response: the in-flight lease,
+/// the service statistics and the `Completed` phase. It travels inside the
+/// response body (or the upgraded tunnel) and ends all three when dropped,
+/// whatever the path out.
 pub(crate) struct RequestScope {
     inner: Option<ScopeInner>,
 }
@@ -84,6 +96,7 @@ struct ScopeInner {
     info: RequestInfo,
     hooks: Arc<dyn ProxyHooks>,
     lease: Option<Lease>,
+    stats: Option<RequestStats>,
 }
 
 impl RequestScope {
@@ -101,6 +114,7 @@ impl RequestScope {
                 },
                 hooks,
                 lease: None,
+                stats: None,
             }),
         }
     }
@@ -126,6 +140,46 @@ impl RequestScope {
         }
     }
 
+    /// Counts the request in its service's statistics from now on.
+    pub(crate) fn set_stats(&mut self, stats: RequestStats) {
+        if let Some(inner) = &mut self.inner {
+            inner.stats = Some(stats);
+        }
+    }
+
+    /// The request's share of its service's statistics, once routed.
+    pub(crate) fn stats(&mut self) -> Option<&mut RequestStats> {
+        self.inner.as_mut()?.stats.as_mut()
+    }
+
+    /// The request was sent to `lease`'s instance.
+    pub(crate) fn enter_instance(&mut self, lease: Lease) {
+        self.set_lease(Some(lease));
+        if let Some(stats) = self.stats() {
+            stats.enter_instance();
+        }
+    }
+
+    /// The instance is done with the request (it failed): stop counting it
+    /// there, even though the error response is still to be sent.
+    pub(crate) fn leave_instance(&mut self) {
+        self.set_lease(None);
+        if let Some(stats) = self.stats() {
+            stats.leave_instance();
+        }
+    }
+
+    /// Response headers with `status` are about to leave: record it, and
+    /// the latency since the request arrived.
+    pub(crate) fn respond(&mut self, status: StatusCode) {
+        if let Some(inner) = &mut self.inner {
+            inner.info.status = Some(status);
+            if let Some(stats) = &mut inner.stats {
+                stats.respond(status, inner.info.started.elapsed());
+            }
+        }
+    }
+
     /// Moves the scope out, leaving an empty one that does nothing on drop.
     pub(crate) fn take(&mut self) -> Self {
         Self {
@@ -137,9 +191,10 @@ impl RequestScope {
 impl Drop for RequestScope {
     fn drop(&mut self) {
         if let Some(mut inner) = self.inner.take() {
-            // Release the instance first, so an observer of `Completed` sees
-            // the in-flight count already down.
+            // Release the instance and the service levels first, so an
+            // observer of `Completed` sees the in-flight counts already down.
             drop(inner.lease.take());
+            drop(inner.stats.take());
             inner.hooks.on_phase(&inner.info, Phase::Completed);
         }
     }

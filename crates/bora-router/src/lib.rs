@@ -5,22 +5,40 @@
 //! prefix picks a port, and the load balancer picks one of the service's
 //! healthy instances; the request then streams to `instance_ip:port` and the
 //! response streams back. WebSocket and other upgrades are spliced through.
+//! A request for a sleeping service (scaled to zero, marked
+//! [`ServiceRoutes::wakeable`]) is held while the control plane wakes it.
 //!
 //! The control plane drives the router through four calls:
 //!
 //! - [`Router::new`] once, with a [`RouterConfig`];
 //! - [`Router::serve`] on a listener, until its shutdown future resolves;
 //! - [`Router::set_table`] whenever instances become healthy or start
-//!   draining: the whole [`RouteTable`] is swapped atomically;
+//!   draining, or a service falls asleep: the whole [`RouteTable`] is
+//!   swapped atomically, and requests held for a service that now has
+//!   instances go on at once;
 //! - [`Router::in_flight`] to wait for a draining instance to go idle.
+//!
+//! and, for scaling (to and from zero), through four more:
+//!
+//! - [`Router::set_waker`] once, with the [`Waker`] that starts an instance
+//!   of a sleeping service when a request for it is held;
+//! - [`Router::wake_failed`] when waking a service failed: the requests
+//!   held for it get 503 with the reason;
+//! - [`Router::service_stats`] on every autoscaler tick: requests in flight
+//!   and held, arrivals, the concurrency integral, latency, last activity;
+//! - [`Router::register_metrics`] once, to serve the same statistics on
+//!   `/metrics` (names in [`metrics`]).
 //!
 //! # Modules
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`table`] | the route table, its compiled form, in-flight counting |
+//! | [`table`] | the route table, its compiled form, counters that outlive it |
 //! | [`balance`] | least-outstanding-requests balancing (pure) |
 //! | `proxy` | one request: route, pick, forward, retry |
+//! | [`hold`] | holding requests while a sleeping service wakes, [`Waker`] |
+//! | [`stats`] | per-service statistics, [`LatencyHistogram`] |
+//! | [`metrics`] | Prometheus metrics rendered from the statistics |
 //! | `headers` | hop-by-hop stripping, `X-Forwarded-*`, `X-Request-Id` |
 //! | `body` | streaming bodies that end the request when they end |
 //! | `upgrade` | splicing upgraded connections |
@@ -34,27 +52,33 @@ pub mod balance;
 mod body;
 pub mod error;
 mod headers;
+pub mod hold;
 pub mod hooks;
+pub mod metrics;
 mod proxy;
 mod server;
+pub mod stats;
 pub mod table;
 mod upgrade;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub use crate::balance::Balancer;
 pub use crate::error::{ErrorKind, ErrorSource, ProxyError};
+pub use crate::hold::Waker;
 pub use crate::hooks::{NoHooks, Phase, ProxyHooks, RequestInfo};
+pub use crate::stats::{HeldOutcomes, LatencyHistogram, ServiceStats};
 pub use crate::table::{Backend, Route, RouteTable, ServiceRoutes};
 
 use crate::body::RequestBody;
-use crate::table::{CompiledTable, InFlightRegistry};
+use crate::metrics::RouterCollector;
+use crate::table::{CompiledTable, InFlightRegistry, Registries, ServiceRegistry};
 
 /// How the router behaves; everything else comes from the route table.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,28 +93,41 @@ pub struct RouterConfig {
     pub upstream_header_timeout: Duration,
     /// How long an idle keep-alive connection to an instance stays pooled.
     pub pool_idle_timeout: Duration,
+    /// How long a request may be held while its sleeping service wakes,
+    /// before the client gets 503 with `Retry-After`.
+    pub hold_timeout: Duration,
+    /// The most requests held at once per sleeping service; more get 503
+    /// with `Retry-After` at once.
+    pub max_held: usize,
 }
 
 impl RouterConfig {
     /// The defaults for `domain`: connect 2s, response headers 60s, idle
-    /// pooled connections 90s.
+    /// pooled connections 90s, hold up to 1000 requests per sleeping
+    /// service for up to 30s.
     pub fn new(domain: impl Into<String>) -> Self {
         Self {
             domain: domain.into(),
             connect_timeout: Duration::from_secs(2),
             upstream_header_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(90),
+            hold_timeout: Duration::from_secs(30),
+            max_held: 1000,
         }
     }
 }
 
 /// The reverse proxy. Cheap to share: the control plane keeps an
-/// `Arc<Router>` to swap tables and read in-flight counts while
-/// [`Router::serve`] runs.
+/// `Arc<Router>` to swap tables and read counts while [`Router::serve`]
+/// runs.
 pub struct Router {
     config: RouterConfig,
     table: ArcSwap<CompiledTable>,
+    /// Notified after every table swap, for held requests.
+    table_swapped: tokio::sync::Notify,
     in_flight: InFlightRegistry,
+    services: ServiceRegistry,
+    waker: ArcSwapOption<Arc<dyn Waker>>,
     client: Client<HttpConnector, RequestBody>,
     hooks: Arc<dyn ProxyHooks>,
 }
@@ -123,7 +160,10 @@ impl Router {
         Arc::new(Router {
             config,
             table: ArcSwap::from_pointee(CompiledTable::default()),
+            table_swapped: tokio::sync::Notify::new(),
             in_flight: InFlightRegistry::default(),
+            services: ServiceRegistry::default(),
+            waker: ArcSwapOption::empty(),
             client,
             hooks,
         })
@@ -136,13 +176,68 @@ impl Router {
 
     /// Replaces the whole route table at once. Requests already routed keep
     /// going to the instance they were sent to; new requests see only the
-    /// new table.
+    /// new table. Held requests look their service up again at once: those
+    /// whose service now has instances are forwarded.
     pub fn set_table(&self, table: RouteTable) {
         let services = table.services.len();
-        let compiled = CompiledTable::compile(table, &self.config.domain, &self.in_flight);
+        let registries = Registries {
+            in_flight: &self.in_flight,
+            services: &self.services,
+        };
+        let compiled = CompiledTable::compile(table, &self.config.domain, registries);
         self.table.store(Arc::new(compiled));
+        self.table_swapped.notify_waiters();
         self.in_flight.prune();
+        self.services.prune();
         tracing::debug!(services, "route table swapped");
+    }
+
+    /// Sets the [`Waker`] called for every request held for a sleeping
+    /// service. Until one is set, held requests just wait for a table in
+    /// which their service has instances (or for the hold timeout).
+    pub fn set_waker(&self, waker: Arc<dyn Waker>) {
+        self.waker.store(Some(Arc::new(waker)));
+    }
+
+    /// Waking service `service` of app `app` failed: every request held for
+    /// it now gets 503 with `Retry-After` and a body that includes `reason`
+    /// (e.g. "instance abc failed while waking: exited with code 1").
+    /// Requests held after this call wait as usual, for a retried wake.
+    pub fn wake_failed(&self, app: &str, service: &str, reason: &str) {
+        let Some(state) = self.services.get(app, service) else {
+            return;
+        };
+        let held = state.counters.held();
+        state.wake_failures.report(reason);
+        tracing::info!(
+            app,
+            service,
+            held,
+            reason,
+            "wake failed: releasing held requests"
+        );
+    }
+
+    /// The statistics of service `service` in app `app` since the router
+    /// started (or since the service last entered the table after leaving
+    /// it); zeroes for a service the router does not know. `("", "")` gives
+    /// the requests that matched no service.
+    pub fn service_stats(&self, app: &str, service: &str) -> ServiceStats {
+        self.services
+            .get(app, service)
+            .map(|state| state.counters.snapshot())
+            .unwrap_or_default()
+    }
+
+    /// Adds the router's Prometheus metrics (see [`metrics`] for names and
+    /// labels) to `registry`. They are rendered from [`Router::service_stats`]
+    /// at scrape time; the registry holds only a weak reference to the
+    /// router.
+    pub fn register_metrics(
+        self: &Arc<Self>,
+        registry: &mut prometheus_client::registry::Registry,
+    ) {
+        registry.register_collector(Box::new(RouterCollector::new(self)));
     }
 
     /// Requests currently at the instance `instance_id`, including open

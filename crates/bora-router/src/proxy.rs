@@ -1,6 +1,7 @@
 //! One proxied request, start to finish:
 //!
 //! 1. **route**: `Host` → service, path → port (404 if either is unknown);
+//!    a sleeping service holds the request until it wakes (see `hold`);
 //! 2. **pick**: least-loaded healthy instance (503 if there is none);
 //! 3. **forward**: rewrite headers, stream the body to `instance_ip:port`,
 //!    wait for response headers (504 past the timeout, 502 if it breaks);
@@ -8,7 +9,9 @@
 //! 4. **respond**: stream the instance's response back, or splice the two
 //!    connections after a `101 Switching Protocols`.
 //!
-//! Failures travel as [`ProxyError`] to [`error_response`].
+//! Failures travel as [`ProxyError`] to [`error_response`]. Every request
+//! routed to a service is counted in that service's statistics; the others
+//! in those of app `""`, service `""`.
 
 use std::error::Error as StdError;
 use std::io;
@@ -26,6 +29,7 @@ use crate::error::{ErrorKind, ProxyError, Upstream, error_response};
 use crate::headers::{self, X_REQUEST_ID};
 use crate::hooks::{Phase, RequestScope};
 use crate::server::ServeTasks;
+use crate::stats::RequestStats;
 use crate::table::{CompiledService, normalize_host};
 use crate::{Router, upgrade};
 
@@ -57,8 +61,11 @@ impl Router {
                 }
                 Err(error) => {
                     // The instance is done with this request.
-                    scope.set_lease(None);
-                    scope.update(|info| info.status = Some(error.status()));
+                    scope.leave_instance();
+                    if scope.stats().is_none() {
+                        scope.set_stats(RequestStats::arrive(self.services.unrouted()));
+                    }
+                    scope.respond(error.status());
                     scope.phase(Phase::Failed { error: &error });
                     error_response(&error, &request_id, scope.take())
                 }
@@ -86,7 +93,7 @@ impl Router {
             .into());
         }
         let host = original_host(&request).ok_or(ErrorKind::MissingHost)?;
-        let service = self.route(&host)?;
+        let mut service = self.route(&host)?;
         let span = tracing::Span::current();
         span.record("app", &*service.app);
         span.record("service", &*service.service);
@@ -94,15 +101,15 @@ impl Router {
             info.app = Some(service.app.clone());
             info.service = Some(service.service.clone());
         });
-        let port = service
-            .port_for(request.uri().path())
-            .ok_or_else(|| ErrorKind::NoRoute {
-                app: service.app.clone(),
-                service: service.service.clone(),
-                path: request.uri().path().to_owned(),
-            })?;
+        scope.set_stats(RequestStats::arrive(service.state.clone()));
+        let mut port = route_port(&service, request.uri().path())?;
         if service.backends.is_empty() {
-            return Err(no_healthy_instance(&service));
+            if !service.wakeable {
+                return Err(no_healthy_instance(&service));
+            }
+            service = self.hold(service, &host, scope).await?;
+            // The table that woke the service may route the path elsewhere.
+            port = route_port(&service, request.uri().path())?;
         }
         scope.phase(Phase::Routed);
 
@@ -141,7 +148,7 @@ impl Router {
                 addr: SocketAddr::new(backend.ip, port),
             });
             span.record("instance", &*upstream.instance_id);
-            scope.set_lease(Some(lease));
+            scope.enter_instance(lease);
             scope.update(|info| info.instance_id = Some(upstream.instance_id.clone()));
             scope.phase(Phase::Forwarding);
 
@@ -188,7 +195,7 @@ impl Router {
                 }
             }
         };
-        scope.update(|info| info.status = Some(response.status()));
+        scope.respond(response.status());
         scope.phase(Phase::ResponseHeaders);
 
         // 4. Respond.
@@ -220,7 +227,7 @@ impl Router {
     }
 
     /// The service serving `host`, from the current table.
-    fn route(&self, host: &str) -> Result<Arc<CompiledService>, ProxyError> {
+    pub(crate) fn route(&self, host: &str) -> Result<Arc<CompiledService>, ProxyError> {
         let lookup = normalize_host(host);
         let table = self.table.load();
         table
@@ -249,7 +256,19 @@ fn original_host<B>(request: &Request<B>) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn no_healthy_instance(service: &CompiledService) -> ProxyError {
+/// The port of `service` serving `path` (404 if none does).
+fn route_port(service: &CompiledService, path: &str) -> Result<u16, ProxyError> {
+    service.port_for(path).ok_or_else(|| {
+        ErrorKind::NoRoute {
+            app: service.app.clone(),
+            service: service.service.clone(),
+            path: path.to_owned(),
+        }
+        .into()
+    })
+}
+
+pub(crate) fn no_healthy_instance(service: &CompiledService) -> ProxyError {
     ErrorKind::NoHealthyInstance {
         app: service.app.clone(),
         service: service.service.clone(),

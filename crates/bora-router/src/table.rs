@@ -4,8 +4,13 @@
 //! The control plane builds a [`RouteTable`] (plain data, cheap to construct
 //! in tests) and calls `Router::set_table`. The router compiles it once into a
 //! `CompiledTable`: a host → service index, routes sorted longest prefix
-//! first, and one shared in-flight counter per instance. Requests then only
+//! first, one shared in-flight counter per instance and one shared
+//! `ServiceState` (statistics, wake failures) per service. Requests then only
 //! ever read a compiled table through an `Arc`, so a swap never blocks them.
+//!
+//! Counters outlive tables: the registries hand every table version the same
+//! counter for the same instance or service, and forget it only once no
+//! table and no request references it any more.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -13,6 +18,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::balance::Balancer;
+use crate::hold::WakeFailures;
+use crate::stats::ServiceCounters;
 
 /// Everything the router may send traffic to: one entry per routed service.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -25,7 +32,7 @@ pub struct RouteTable {
 /// The routes and healthy instances of one service.
 ///
 /// The service is reachable at `<service>.<app>.<domain>`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceRoutes {
     /// Name of the app the service belongs to.
     pub app: String,
@@ -36,6 +43,10 @@ pub struct ServiceRoutes {
     /// Healthy instances that may receive new requests. Draining instances
     /// must not be listed: requests already at them finish regardless.
     pub backends: Vec<Backend>,
+    /// Whether the service can be woken when it has no instance (it scaled
+    /// to zero). If so, requests are held and the `Waker` is called until a
+    /// table lists instances; if not, they get 503 at once.
+    pub wakeable: bool,
 }
 
 /// One path prefix of a service and the instance port that serves it.
@@ -97,6 +108,104 @@ impl InFlightRegistry {
     }
 }
 
+/// What the router keeps about one service across table versions.
+#[derive(Debug)]
+pub(crate) struct ServiceState {
+    pub(crate) app: Arc<str>,
+    pub(crate) service: Arc<str>,
+    pub(crate) counters: ServiceCounters,
+    /// Reaches the requests held while the service wakes.
+    pub(crate) wake_failures: WakeFailures,
+}
+
+impl ServiceState {
+    pub(crate) fn new(app: &str, service: &str) -> Self {
+        Self {
+            app: Arc::from(app),
+            service: Arc::from(service),
+            counters: ServiceCounters::default(),
+            wake_failures: WakeFailures::default(),
+        }
+    }
+}
+
+/// The states of one app's services, by service name.
+type ServicesOfApp = HashMap<Arc<str>, Arc<ServiceState>>;
+
+/// The [`ServiceState`] of each service, across table versions, keyed by
+/// app then service name. Requests that match no service share one more
+/// state, `unrouted`, named app `""`, service `""`.
+#[derive(Debug)]
+pub(crate) struct ServiceRegistry {
+    services: Mutex<HashMap<Arc<str>, ServicesOfApp>>,
+    unrouted: Arc<ServiceState>,
+}
+
+impl Default for ServiceRegistry {
+    fn default() -> Self {
+        Self {
+            services: Mutex::default(),
+            unrouted: Arc::new(ServiceState::new("", "")),
+        }
+    }
+}
+
+impl ServiceRegistry {
+    /// The state of `service` in `app`, created if there is none.
+    fn state(&self, app: &str, service: &str) -> Arc<ServiceState> {
+        let mut apps = self.services.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(state) = apps.get(app).and_then(|services| services.get(service)) {
+            return state.clone();
+        }
+        let state = Arc::new(ServiceState::new(app, service));
+        apps.entry(state.app.clone())
+            .or_default()
+            .insert(state.service.clone(), state.clone());
+        state
+    }
+
+    /// The state of `service` in `app` if the router knows it: listed in the
+    /// table or still busy with requests. `("", "")` is the unrouted state.
+    pub(crate) fn get(&self, app: &str, service: &str) -> Option<Arc<ServiceState>> {
+        if app.is_empty() && service.is_empty() {
+            return Some(self.unrouted.clone());
+        }
+        let apps = self.services.lock().unwrap_or_else(PoisonError::into_inner);
+        apps.get(app)?.get(service).cloned()
+    }
+
+    /// The state requests that match no service count in.
+    pub(crate) fn unrouted(&self) -> Arc<ServiceState> {
+        self.unrouted.clone()
+    }
+
+    /// Every known state, the unrouted one first.
+    pub(crate) fn all(&self) -> Vec<Arc<ServiceState>> {
+        let apps = self.services.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut all = vec![self.unrouted.clone()];
+        all.extend(apps.values().flat_map(HashMap::values).cloned());
+        all
+    }
+
+    /// Forgets services that no table and no request references any more:
+    /// they left the table and are idle, so their counters restart at zero
+    /// if they come back.
+    pub(crate) fn prune(&self) {
+        let mut apps = self.services.lock().unwrap_or_else(PoisonError::into_inner);
+        for services in apps.values_mut() {
+            services.retain(|_, state| Arc::strong_count(state) > 1);
+        }
+        apps.retain(|_, services| !services.is_empty());
+    }
+}
+
+/// The registries a table is compiled against.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Registries<'a> {
+    pub(crate) in_flight: &'a InFlightRegistry,
+    pub(crate) services: &'a ServiceRegistry,
+}
+
 /// A route table compiled for lookups.
 #[derive(Debug, Default)]
 pub(crate) struct CompiledTable {
@@ -105,9 +214,8 @@ pub(crate) struct CompiledTable {
 }
 
 impl CompiledTable {
-    /// Compiles `table` for `domain`, sharing in-flight counters through
-    /// `registry`.
-    pub(crate) fn compile(table: RouteTable, domain: &str, registry: &InFlightRegistry) -> Self {
+    /// Compiles `table` for `domain`, sharing counters through `registries`.
+    pub(crate) fn compile(table: RouteTable, domain: &str, registries: Registries<'_>) -> Self {
         let domain = normalize_domain(domain);
         let mut by_host = HashMap::with_capacity(table.services.len());
         for service in table.services {
@@ -116,7 +224,10 @@ impl CompiledTable {
                 tracing::warn!(%host, "route table lists a service twice; keeping the first entry");
                 continue;
             }
-            by_host.insert(host, Arc::new(CompiledService::compile(service, registry)));
+            by_host.insert(
+                host,
+                Arc::new(CompiledService::compile(service, registries)),
+            );
         }
         Self { by_host }
     }
@@ -135,6 +246,10 @@ pub(crate) struct CompiledService {
     /// Normalised prefixes, longest first.
     routes: Vec<Route>,
     pub(crate) backends: Vec<CompiledBackend>,
+    /// Hold requests while there is no backend, instead of answering 503.
+    pub(crate) wakeable: bool,
+    /// Statistics and wake failures, shared across table versions.
+    pub(crate) state: Arc<ServiceState>,
     /// Load-balancing state; the lock also makes "pick + count" atomic so
     /// concurrent requests see each other's choices.
     balancer: Mutex<Balancer>,
@@ -149,7 +264,7 @@ pub(crate) struct CompiledBackend {
 }
 
 impl CompiledService {
-    fn compile(service: ServiceRoutes, registry: &InFlightRegistry) -> Self {
+    fn compile(service: ServiceRoutes, registries: Registries<'_>) -> Self {
         let mut routes: Vec<Route> = service
             .routes
             .into_iter()
@@ -165,7 +280,7 @@ impl CompiledService {
             .backends
             .into_iter()
             .map(|backend| {
-                let (instance_id, in_flight) = registry.counter(&backend.instance_id);
+                let (instance_id, in_flight) = registries.in_flight.counter(&backend.instance_id);
                 CompiledBackend {
                     instance_id,
                     ip: backend.ip,
@@ -173,11 +288,14 @@ impl CompiledService {
                 }
             })
             .collect();
+        let state = registries.services.state(&service.app, &service.service);
         Self {
-            app: Arc::from(service.app),
-            service: Arc::from(service.service),
+            app: state.app.clone(),
+            service: state.service.clone(),
             routes,
             backends,
+            wakeable: service.wakeable,
+            state,
             balancer: Mutex::new(Balancer::default()),
         }
     }
@@ -287,6 +405,23 @@ mod tests {
                     ip: IpAddr::from([127, 0, 0, 2 + i as u8]),
                 })
                 .collect(),
+            wakeable: false,
+        }
+    }
+
+    /// Both registries, for compiling.
+    #[derive(Default)]
+    struct Counters {
+        in_flight: InFlightRegistry,
+        services: ServiceRegistry,
+    }
+
+    impl Counters {
+        fn registries(&self) -> Registries<'_> {
+            Registries {
+                in_flight: &self.in_flight,
+                services: &self.services,
+            }
         }
     }
 
@@ -320,10 +455,10 @@ mod tests {
 
     #[test]
     fn longest_prefix_wins() {
-        let registry = InFlightRegistry::default();
+        let registry = Counters::default();
         let svc = CompiledService::compile(
             service(&[("/", 1), ("/api/v2", 3), ("/api", 2)], &[]),
-            &registry,
+            registry.registries(),
         );
         assert_eq!(svc.port_for("/"), Some(1));
         assert_eq!(svc.port_for("/apix"), Some(1));
@@ -331,13 +466,13 @@ mod tests {
         assert_eq!(svc.port_for("/api/v1"), Some(2));
         assert_eq!(svc.port_for("/api/v2/x"), Some(3));
 
-        let no_root = CompiledService::compile(service(&[("/api", 2)], &[]), &registry);
+        let no_root = CompiledService::compile(service(&[("/api", 2)], &[]), registry.registries());
         assert_eq!(no_root.port_for("/other"), None);
     }
 
     #[test]
     fn table_indexes_hosts_case_insensitively() {
-        let registry = InFlightRegistry::default();
+        let registry = Counters::default();
         let mut svc = service(&[("/", 80)], &["a"]);
         svc.service = "Web".into();
         let table = CompiledTable::compile(
@@ -345,7 +480,7 @@ mod tests {
                 services: vec![svc],
             },
             ".LocalHost",
-            &registry,
+            registry.registries(),
         );
         assert!(table.service("web.hello.localhost").is_some());
         assert!(table.service("api.hello.localhost").is_none());
@@ -353,37 +488,83 @@ mod tests {
 
     #[test]
     fn counters_outlive_tables_while_leased_and_are_pruned_after() {
-        let registry = InFlightRegistry::default();
+        let registry = Counters::default();
         let table = CompiledTable::compile(
             RouteTable {
                 services: vec![service(&[("/", 80)], &["a", "b"])],
             },
             "localhost",
-            &registry,
+            registry.registries(),
         );
         let svc = table.service("web.hello.localhost").unwrap().clone();
         let (first, lease) = svc.pick(&[]).unwrap();
         let id = svc.backends[first].instance_id.clone();
-        assert_eq!(registry.get(&id), 1);
+        assert_eq!(registry.in_flight.get(&id), 1);
 
         drop((table, svc));
-        registry.prune();
-        assert_eq!(registry.get(&id), 1, "a leased counter survives the table");
+        registry.in_flight.prune();
+        assert_eq!(
+            registry.in_flight.get(&id),
+            1,
+            "a leased counter survives the table"
+        );
         drop(lease);
-        assert_eq!(registry.get(&id), 0);
-        registry.prune();
-        assert!(registry.counters.lock().unwrap().is_empty());
+        assert_eq!(registry.in_flight.get(&id), 0);
+        registry.in_flight.prune();
+        assert!(registry.in_flight.counters.lock().unwrap().is_empty());
     }
 
     #[test]
     fn pick_counts_and_spreads() {
-        let registry = InFlightRegistry::default();
-        let svc = CompiledService::compile(service(&[("/", 80)], &["a", "b"]), &registry);
+        let registry = Counters::default();
+        let svc =
+            CompiledService::compile(service(&[("/", 80)], &["a", "b"]), registry.registries());
         let (i, _l1) = svc.pick(&[]).unwrap();
         let (j, _l2) = svc.pick(&[]).unwrap();
         assert_ne!(i, j, "the second pick goes to the idle backend");
-        assert_eq!(registry.get("a"), 1);
-        assert_eq!(registry.get("b"), 1);
+        assert_eq!(registry.in_flight.get("a"), 1);
+        assert_eq!(registry.in_flight.get("b"), 1);
         assert!(svc.pick(&[0, 1]).is_none());
+    }
+
+    #[test]
+    fn service_state_outlives_tables_while_referenced() {
+        let registry = Counters::default();
+        let compile = || {
+            CompiledTable::compile(
+                RouteTable {
+                    services: vec![service(&[("/", 80)], &["a"])],
+                },
+                "localhost",
+                registry.registries(),
+            )
+        };
+        let first = compile();
+        let second = compile();
+        let state =
+            |table: &CompiledTable| table.service("web.hello.localhost").unwrap().state.clone();
+        assert!(
+            Arc::ptr_eq(&state(&first), &state(&second)),
+            "one state per service"
+        );
+        assert!(registry.services.get("hello", "web").is_some());
+        assert!(registry.services.get("hello", "api").is_none());
+
+        let request = state(&first);
+        drop((first, second));
+        registry.services.prune();
+        assert!(
+            registry.services.get("hello", "web").is_some(),
+            "a request still uses it"
+        );
+        drop(request);
+        registry.services.prune();
+        assert!(registry.services.get("hello", "web").is_none());
+        assert_eq!(
+            registry.services.all().len(),
+            1,
+            "only the unrouted state is left"
+        );
+        assert!(registry.services.get("", "").is_some());
     }
 }

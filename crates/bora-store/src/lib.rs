@@ -18,7 +18,8 @@ pub use error::StoreError;
 pub use sqlite::SqliteStore;
 
 use bora_api::{
-    App, Deployment, DeploymentStatus, Instance, InstanceState, Secret, Service, ServiceSpec,
+    App, Deployment, DeploymentStatus, Event, Instance, InstanceState, ScalingStatus, Secret,
+    Service, ServiceSpec,
 };
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -42,6 +43,20 @@ pub struct InstanceFilter<'a> {
     pub include_final: bool,
 }
 
+/// Which events to list: the newest `limit` matching ones, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter<'a> {
+    pub app: Option<&'a str>,
+    pub service: Option<&'a str>,
+    /// Only events after this sequence number.
+    pub after: Option<i64>,
+    /// At most this many (the newest); 100 when 0.
+    pub limit: usize,
+}
+
+/// How many events are kept per service; older ones are pruned.
+pub const EVENTS_KEPT_PER_SERVICE: i64 = 1000;
+
 /// The state Bora keeps. See the crate docs.
 pub trait Store: Send + Sync + 'static {
     fn list_apps(&self) -> Result<Vec<App>>;
@@ -53,6 +68,13 @@ pub trait Store: Send + Sync + 'static {
     fn list_services(&self, app: Option<&str>) -> Result<Vec<Service>>;
     fn get_service(&self, app: &str, name: &str) -> Result<Service>;
     fn delete_service(&self, app: &str, name: &str) -> Result<()>;
+    /// Records the autoscaler's latest decision for a service.
+    fn set_service_scaling(&self, app: &str, name: &str, status: &ScalingStatus) -> Result<()>;
+
+    /// Records an event of a service, pruning the service's oldest beyond
+    /// [`EVENTS_KEPT_PER_SERVICE`].
+    fn record_event(&self, app: &str, service: &str, kind: &str, message: &str) -> Result<Event>;
+    fn list_events(&self, filter: &EventFilter<'_>) -> Result<Vec<Event>>;
 
     /// Records a new deployment of `spec` in `app`, creating the app and the
     /// service if they do not exist, with the next version number, and makes

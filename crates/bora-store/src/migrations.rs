@@ -2,9 +2,10 @@
 //! `schema_migrations` records which ran. Never edit a released migration:
 //! add a new one.
 
-pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE apps (
     id          TEXT PRIMARY KEY,
     name        TEXT NOT NULL UNIQUE,
@@ -62,4 +63,20 @@ CREATE TABLE secrets (
     updated_at  TEXT NOT NULL
 );
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+ALTER TABLE services ADD COLUMN scaling TEXT;
+CREATE TABLE events (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    at       TEXT NOT NULL,
+    app      TEXT NOT NULL,
+    service  TEXT NOT NULL,
+    kind     TEXT NOT NULL,
+    message  TEXT NOT NULL
+);
+CREATE INDEX events_by_service ON events (app, service, seq);
+"#,
+    ),
+];

@@ -4,14 +4,17 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use bora_api::{
-    App, Deployment, DeploymentStatus, Instance, InstanceState, Secret, Service, ServiceSpec,
-    ServiceType, Transition,
+    App, Deployment, DeploymentStatus, Event, Instance, InstanceState, ScalingStatus, Secret,
+    Service, ServiceSpec, ServiceType, Transition,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use crate::migrations::MIGRATIONS;
-use crate::{DeploymentFilter, InstanceFilter, Result, SecretCipher, Store, StoreError};
+use crate::{
+    DeploymentFilter, EVENTS_KEPT_PER_SERVICE, EventFilter, InstanceFilter, Result, SecretCipher,
+    Store, StoreError,
+};
 
 /// A [`Store`] in one SQLite database file.
 pub struct SqliteStore {
@@ -51,7 +54,7 @@ fn service_kind(s: &str) -> ServiceType {
 }
 
 const APP_COLS: &str = "a.id, a.name, a.created_at, a.updated_at";
-const SERVICE_COLS: &str = "s.id, a.name AS app_name, s.name, s.kind, s.active_deployment, s.latest_deployment, s.created_at, s.updated_at";
+const SERVICE_COLS: &str = "s.id, a.name AS app_name, s.name, s.kind, s.active_deployment, s.latest_deployment, s.scaling, s.created_at, s.updated_at";
 const DEPLOYMENT_COLS: &str = "d.id, a.name AS app_name, s.name AS service_name, d.version, d.spec, d.image_digest, d.status, d.reason, d.created_at, d.updated_at";
 const INSTANCE_COLS: &str = "i.id, a.name AS app_name, s.name AS service_name, i.deployment_id, i.node, i.state, i.reason, i.ip, i.restarts, i.created_at, i.updated_at";
 const DEPLOYMENT_JOIN: &str =
@@ -76,8 +79,33 @@ fn service_row(row: &Row<'_>) -> rusqlite::Result<Service> {
         active_deployment: row.get("active_deployment")?,
         latest_deployment: row.get("latest_deployment")?,
         url: None,
+        scaling: json_column(row, "scaling")?,
         created_at: time(row, "created_at")?,
         updated_at: time(row, "updated_at")?,
+    })
+}
+
+/// A nullable JSON column.
+fn json_column<T: serde::de::DeserializeOwned>(
+    row: &Row<'_>,
+    col: &str,
+) -> rusqlite::Result<Option<T>> {
+    let Some(text) = row.get::<_, Option<String>>(col)? else {
+        return Ok(None);
+    };
+    serde_json::from_str(&text).map(Some).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn event_row(row: &Row<'_>) -> rusqlite::Result<Event> {
+    Ok(Event {
+        seq: row.get("seq")?,
+        at: time(row, "at")?,
+        app: row.get("app")?,
+        service: row.get("service")?,
+        kind: row.get("kind")?,
+        message: row.get("message")?,
     })
 }
 
@@ -293,10 +321,70 @@ impl Store for SqliteStore {
         query_service(&self.conn(), app, name)
     }
 
+    fn set_service_scaling(&self, app: &str, name: &str, status: &ScalingStatus) -> Result<()> {
+        let json = serde_json::to_string(status).map_err(|e| StoreError::Corrupt {
+            what: format!("scaling status of {app}/{name}"),
+            detail: e.to_string(),
+        })?;
+        self.write(|tx| {
+            let id = service_id(tx, app, name)?;
+            tx.execute(
+                "UPDATE services SET scaling = ?2 WHERE id = ?1",
+                params![id, json],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn record_event(&self, app: &str, service: &str, kind: &str, message: &str) -> Result<Event> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO events (at, app, service, kind, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![now(), app, service, kind, message],
+            )?;
+            let seq = tx.last_insert_rowid();
+            tx.execute(
+                "DELETE FROM events WHERE app = ?1 AND service = ?2 AND seq <= ?3",
+                params![app, service, seq - EVENTS_KEPT_PER_SERVICE],
+            )?;
+            Ok(tx.query_row(
+                "SELECT seq, at, app, service, kind, message FROM events WHERE seq = ?1",
+                [seq],
+                event_row,
+            )?)
+        })
+    }
+
+    fn list_events(&self, filter: &EventFilter<'_>) -> Result<Vec<Event>> {
+        let limit = if filter.limit == 0 { 100 } else { filter.limit };
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT seq, at, app, service, kind, message FROM events
+             WHERE (?1 IS NULL OR app = ?1) AND (?2 IS NULL OR service = ?2) AND seq > ?3
+             ORDER BY seq DESC LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                filter.app,
+                filter.service,
+                filter.after.unwrap_or(0),
+                limit as i64
+            ],
+            event_row,
+        )?;
+        let mut events: Vec<Event> = rows.collect::<rusqlite::Result<_>>()?;
+        events.reverse();
+        Ok(events)
+    }
+
     fn delete_service(&self, app: &str, name: &str) -> Result<()> {
         self.write(|tx| {
             let id = service_id(tx, app, name)?;
             tx.execute("DELETE FROM services WHERE id = ?1", [id])?;
+            tx.execute(
+                "DELETE FROM events WHERE app = ?1 AND service = ?2",
+                [app, name],
+            )?;
             Ok(())
         })
     }

@@ -67,6 +67,19 @@ struct ServerArgs {
     /// Directory of the CNI plugins.
     #[arg(long, default_value = "/usr/lib/cni")]
     cni_bin_dir: PathBuf,
+    /// Longest a request waits for a sleeping service to wake before it
+    /// gets 503 with Retry-After.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    hold_timeout: std::time::Duration,
+    /// Most requests held per sleeping service; more get 503 at once.
+    #[arg(long, default_value_t = 1000)]
+    max_held: usize,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    s.parse::<bora_api::Duration>()
+        .map(|d| d.get())
+        .map_err(|e| e.to_string())
 }
 
 #[derive(Subcommand)]
@@ -190,6 +203,8 @@ async fn server(data_dir: PathBuf, args: ServerArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         shim_exe,
+        hold_timeout: args.hold_timeout,
+        max_held: args.max_held,
     };
     let handle = bora_control::start(config).await?;
     println!("bora: API listening on http://{}", handle.api_addr);

@@ -18,6 +18,7 @@ use crate::{ClientCommand, GlobalOpts};
 pub mod apps;
 pub mod deploy;
 pub mod deployments;
+pub mod events;
 pub mod instances;
 pub mod logs;
 pub mod secrets;
@@ -91,5 +92,6 @@ pub(crate) async fn run(
         ClientCommand::Instances(cmd) => instances::run(&mut ctx, cmd).await,
         ClientCommand::Logs(args) => logs::run(&mut ctx, args).await,
         ClientCommand::Secrets(cmd) => secrets::run(&mut ctx, cmd).await,
+        ClientCommand::Events(args) => events::run(&mut ctx, args).await,
     }
 }

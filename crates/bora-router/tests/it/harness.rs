@@ -219,6 +219,17 @@ pub fn service(
                 ip: *ip,
             })
             .collect(),
+        wakeable: false,
+    }
+}
+
+/// A table with one sleeping service `web` in app `hello`: wakeable, routed
+/// at `/` on `port`, no instance.
+pub fn sleeping_service(port: u16) -> RouteTable {
+    let mut web = service("hello", "web", &[("/", port)], &[]);
+    web.wakeable = true;
+    RouteTable {
+        services: vec![web],
     }
 }
 

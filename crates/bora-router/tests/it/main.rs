@@ -5,6 +5,8 @@ mod harness;
 mod errors;
 mod headers;
 mod lifecycle;
+mod metrics;
 mod routing;
 mod streaming;
 mod upgrade;
+mod wake;

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod bench;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

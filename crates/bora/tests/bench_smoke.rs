@@ -1,0 +1,136 @@
+//! Short runs of every benchmark in `benches/`, so they cannot rot: each
+//! runs with tiny parameters and must produce sane numbers (something
+//! measured, no failed request, finite ratios). Nothing here asserts how
+//! fast anything is; the full runs and their results are in
+//! `docs/benchmarks.md`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::bench::{self, Percentiles, parse_duration, parse_wrk, router, scale, wake};
+
+#[test]
+fn router_bench_measures_direct_nginx_and_bora() {
+    let report = router::run(&router::RouterParams::smoke());
+    println!("{report}");
+    for (name, r) in [
+        ("direct", report.direct),
+        ("nginx", report.nginx),
+        ("bora", report.bora),
+    ] {
+        assert!(r.requests > 0, "{name} served no request: {r:?}");
+        assert_eq!(r.errors, 0, "{name} had failed requests: {r:?}");
+        assert!(
+            r.requests_per_sec.is_finite() && r.requests_per_sec > 0.0,
+            "{name}: {r:?}"
+        );
+        assert!(r.p50 > Duration::ZERO && r.p99 >= r.p50, "{name}: {r:?}");
+    }
+    assert!(report.throughput_ratio().is_finite() && report.throughput_ratio() > 0.0);
+    assert!(report.p99_ratio().is_finite());
+}
+
+#[test]
+fn wake_bench_measures_light_and_deep_sleep_and_the_runc_floor() {
+    let params = wake::WakeParams::smoke();
+    let report = wake::run(&params);
+    println!("{report}");
+    for (name, p) in [
+        ("light", report.light),
+        ("deep", report.deep),
+        ("runc floor", report.floor),
+    ] {
+        assert_eq!(p.count, params.wakeups, "{name}: {p:?}");
+        assert!(p.p50 > Duration::ZERO && p.p99 >= p.p50, "{name}: {p:?}");
+    }
+    assert!(report.light_ratio().is_finite() && report.deep_ratio().is_finite());
+}
+
+#[test]
+fn scale_bench_measures_a_step_and_warm_instances() {
+    let report = scale::run(&scale::ScaleParams::smoke());
+    println!("{report}");
+    for (name, r) in [("step", &report.step), ("warm", &report.warm)] {
+        assert!(r.requests > 0, "{name} made no request: {r:?}");
+        assert_eq!(r.failures, 0, "{name} had failed requests: {:?}", r.errors);
+        assert!(r.latency.p50 > Duration::ZERO, "{name}: {r:?}");
+    }
+    assert!(report.max_healthy >= 1, "{report:?}");
+    assert!(report.p99_ratio().is_finite(), "{report:?}");
+}
+
+#[test]
+fn wrk_reports_are_read() {
+    let text = "Running 10s test @ http://127.0.0.1:1/
+  2 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   620.49us  369.30us  13.35ms   91.22%
+    Req/Sec    52.10k     2.67k   58.15k    73.00%
+  Latency Distribution
+     50%  572.00us
+     75%  696.00us
+     90%    0.86ms
+     99%    1.89ms
+  1037143 requests in 10.00s, 150.34MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 12
+Requests/sec: 103702.55
+Transfer/sec:     15.03MB
+";
+    let r = parse_wrk(text).unwrap();
+    assert_eq!(r.requests, 1_037_143);
+    assert_eq!(r.errors, 15);
+    assert_eq!(r.p50, Duration::from_micros(572));
+    assert_eq!(r.p99, Duration::from_micros(1890));
+    assert!((r.requests_per_sec - 103_702.55).abs() < 1e-6);
+
+    let clean = text
+        .lines()
+        .filter(|l| !l.contains("errors") && !l.contains("Non-2xx"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(parse_wrk(&clean).unwrap().errors, 0);
+    assert!(parse_wrk("Running 1s test").is_err());
+}
+
+#[test]
+fn percentiles_take_the_nearest_rank() {
+    let samples: Vec<Duration> = (1..=100).rev().map(Duration::from_millis).collect();
+    let p = Percentiles::of(&samples);
+    assert_eq!(p.count, 100);
+    assert_eq!(p.p50, Duration::from_millis(50));
+    assert_eq!(p.p99, Duration::from_millis(99));
+    assert_eq!(p.max, Duration::from_millis(100));
+    // With 30 samples, p99 is the slowest.
+    let thirty: Vec<Duration> = (1..=30).map(Duration::from_millis).collect();
+    assert_eq!(Percentiles::of(&thirty).p99, Duration::from_millis(30));
+    assert_eq!(Percentiles::of(&[]), Percentiles::default());
+    let one = Percentiles::of(&[Duration::from_millis(3)]);
+    assert_eq!(
+        (one.p50, one.p99),
+        (Duration::from_millis(3), Duration::from_millis(3))
+    );
+}
+
+#[test]
+fn bench_durations_and_ratios_read_well() {
+    assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
+    assert_eq!(parse_duration("10"), Some(Duration::from_secs(10)));
+    assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+    assert_eq!(parse_duration("1.5m"), Some(Duration::from_secs(90)));
+    assert_eq!(parse_duration("s"), None);
+    assert_eq!(parse_duration("10h"), None);
+    assert_eq!(bench::fmt_duration(Duration::from_micros(412)), "412 µs");
+    assert_eq!(
+        bench::fmt_duration(Duration::from_micros(12_340)),
+        "12.34 ms"
+    );
+    assert_eq!(bench::fmt_duration(Duration::from_millis(2_500)), "2.50 s");
+    assert_eq!(
+        bench::fmt_delta(Duration::from_micros(900), Duration::from_micros(1000)),
+        "-100 µs"
+    );
+    assert_eq!(bench::fmt_ratio(f64::NAN), "-");
+    assert_eq!(bench::fmt_ratio(1.234), "1.23×");
+}
