@@ -287,7 +287,7 @@ impl Autoscaler {
 fn limit_rate(draft: &mut Draft, policy: &Policy, ready: u32) {
     let cap = policy.scale_up_cap(ready);
     let floor = policy.scale_down_floor(ready);
-    if draft.desired > cap + 1 {
+    if draft.desired > cap {
         draft.adjust(
             cap,
             driver::SCALE_UP_RATE,

@@ -197,9 +197,15 @@ fn demand(sample: &Sample) -> bool {
     sample.held > 0 || sample.in_flight > 0 || sample.requests > 0 || sample.concurrency > 0.0
 }
 
-/// `ceil(a / b)` for whole numbers.
-fn ceil_div(a: u32, b: u32) -> u32 {
-    a.div_ceil(b)
+/// `(need, target, load)` with `ceil(load / target) == need`: a load at
+/// an exact multiple of the target in half the cases, else just below.
+fn load_for_need() -> impl Strategy<Value = (u32, u32, u32)> {
+    (1u32..40, 1u32..200, prop_oneof![Just(0.0), 0.0..1.0f64]).prop_map(
+        |(need, target, slack)| {
+            let slack = (slack * f64::from(target - 1)) as u32;
+            (need, target, need * target - slack)
+        },
+    )
 }
 
 proptest! {
@@ -305,10 +311,8 @@ proptest! {
     #[test]
     fn constant_load_converges_and_stays(
         policy in policy_with(Just(Targets::default())),
-        concurrency_target in prop::option::of(1u32..200),
-        rps_target in prop::option::of(1u32..200),
-        load in 1u32..2000,
-        requests in 1u32..2000,
+        concurrency in prop::option::of(load_for_need()),
+        rps in prop::option::of(load_for_need()),
         initial_ready in 0u32..35,
     ) {
         let mut policy = policy;
@@ -316,13 +320,19 @@ proptest! {
         // A rate of 1 never scales down: nothing to converge to from above.
         policy.max_scale_down_rate = policy.max_scale_down_rate.max(1.5);
         policy.targets = Targets {
-            concurrency: concurrency_target.map(f64::from),
-            requests_per_second: rps_target.map(f64::from),
+            concurrency: concurrency.map(|(_, target, _)| f64::from(target)),
+            requests_per_second: rps.map(|(_, target, _)| f64::from(target)),
             ..Targets::default()
         };
-        let need = match (concurrency_target, rps_target) {
-            (None, None) => ceil_div(load, 100),
-            (c, r) => c.map_or(0, |c| ceil_div(load, c)).max(r.map_or(0, |r| ceil_div(requests, r))),
+        // Without targets, concurrency 100 applies.
+        let (load, need) = match concurrency {
+            Some((need, _, load)) => (load, need),
+            None if rps.is_none() => (437, 5),
+            None => (3, 0),
+        };
+        let (requests, need) = match rps {
+            Some((rps_need, _, requests)) => (requests, need.max(rps_need)),
+            None => (10, need),
         };
         let expected = need.max(1).clamp(policy.min, policy.max);
 
@@ -346,12 +356,37 @@ proptest! {
     }
 
     #[test]
+    fn panic_lasts_a_stable_window(
+        policy in policy_with(any_targets()),
+        ticks in prop::collection::vec(tick(), 1..150),
+    ) {
+        let decisions = run(&policy, &ticks);
+        for (i, (entered, d)) in decisions.iter().enumerate() {
+            if !d.panicking {
+                continue;
+            }
+            for (later, after) in &decisions[i + 1..] {
+                if later.now < entered.now
+                    || later.now - entered.now >= policy.stable_window
+                    || after.driver == driver::IDLE
+                {
+                    break;
+                }
+                prop_assert!(
+                    after.panicking,
+                    "panic left {:?} after it held: {}", later.now - entered.now, after.reason
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_step_to_panic_threshold_panics_within_the_panic_window(
         policy in policy_with(Just(Targets::default())),
         target in 1u32..100,
         ready in 1u32..10,
         base in 0u32..500,
-        factor in 1.0..3.0f64,
+        factor in prop_oneof![Just(1.0), 1.0..3.0f64],
     ) {
         let mut policy = policy;
         policy.targets = Targets { concurrency: Some(f64::from(target)), ..Targets::default() };

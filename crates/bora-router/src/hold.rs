@@ -80,6 +80,7 @@ impl Router {
         // Subscribe first: a failure reported from here on concerns us.
         let mut failures = service.state.wake_failures.subscribe();
         let max_held = self.config.max_held;
+        // (The scope has the stats of every routed request.)
         if !scope.stats().is_some_and(|stats| stats.hold(max_held)) {
             return Err(ErrorKind::TooManyHeld {
                 app: service.app.clone(),

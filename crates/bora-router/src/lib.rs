@@ -43,7 +43,7 @@
 //! | `body` | streaming bodies that end the request when they end |
 //! | `upgrade` | splicing upgraded connections |
 //! | [`error`] | [`ProxyError`] and the one place it becomes a response |
-//! | [`hooks`] | request phases, the seam for metrics |
+//! | [`hooks`] | request phases, the seam for custom observers |
 //! | `server` | accepting connections, graceful shutdown |
 
 #![forbid(unsafe_code)]
@@ -219,9 +219,12 @@ impl Router {
     }
 
     /// The statistics of service `service` in app `app` since the router
-    /// started (or since the service last entered the table after leaving
-    /// it); zeroes for a service the router does not know. `("", "")` gives
-    /// the requests that matched no service.
+    /// started; zeroes for a service the router does not know. `("", "")`
+    /// gives the requests that matched no service.
+    ///
+    /// A service that leaves the table is forgotten at the first table swap
+    /// after its last request ended; if it comes back, its counters start
+    /// from zero again.
     pub fn service_stats(&self, app: &str, service: &str) -> ServiceStats {
         self.services
             .get(app, service)

@@ -4,7 +4,7 @@
 //! Every routed service (app + service) has one `ServiceCounters`, shared
 //! by each compiled table that lists the service and by each request routed
 //! to it, so the counters survive table swaps (like the per-instance
-//! in-flight counters). A request carries a [`RequestStats`] from routing to
+//! in-flight counters). A request carries a `RequestStats` from routing to
 //! its end; it moves the service's *levels* (requests in flight, requests
 //! held) and records latency and status once the response headers leave.
 //!
@@ -535,7 +535,7 @@ impl RequestStats {
 impl Drop for RequestStats {
     fn drop(&mut self) {
         match self.stage {
-            Stage::Held(_) => {}
+            Stage::Held(_) => self.unhold(HoldOutcome::Canceled),
             Stage::AtInstance => self.counters().leave_instance(),
             // Finishing counts as activity.
             Stage::Routed | Stage::Done => self.counters().change(|_| ()),

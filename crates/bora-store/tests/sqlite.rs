@@ -226,3 +226,90 @@ fn deleting_an_app_removes_everything_below_it() {
     assert!(store.get_app("hello").unwrap_err().is_not_found());
     assert!(store.delete_app("hello").unwrap_err().is_not_found());
 }
+
+#[test]
+fn events_are_listed_newest_last_filtered_pruned_and_gone_with_their_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store
+        .create_deployment("hello", &spec("web", "img:1"))
+        .unwrap();
+    store
+        .create_deployment("hello", &spec("api", "img:1"))
+        .unwrap();
+    let first = store.record_event("hello", "web", "slept", "idle").unwrap();
+    let second = store.record_event("hello", "web", "woke", "light").unwrap();
+    store
+        .record_event("hello", "api", "scaled_up", "1 → 2")
+        .unwrap();
+    assert!(second.seq > first.seq);
+
+    let web = |after, limit| {
+        store
+            .list_events(&bora_store::EventFilter {
+                app: Some("hello"),
+                service: Some("web"),
+                after,
+                limit,
+            })
+            .unwrap()
+    };
+    let kinds: Vec<String> = web(None, 0).into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, ["slept", "woke"]);
+    assert_eq!(web(Some(first.seq), 0).len(), 1, "after a seq");
+    assert_eq!(web(None, 1)[0].kind, "woke", "a limit keeps the newest");
+    let all = store
+        .list_events(&bora_store::EventFilter::default())
+        .unwrap();
+    assert_eq!(all.len(), 3);
+
+    for n in 0..bora_store::EVENTS_KEPT_PER_SERVICE + 5 {
+        store
+            .record_event("hello", "web", "scaled_up", &n.to_string())
+            .unwrap();
+    }
+    let kept = web(None, 5000);
+    assert_eq!(kept.len() as i64, bora_store::EVENTS_KEPT_PER_SERVICE);
+    assert_eq!(
+        kept.last().unwrap().message,
+        (bora_store::EVENTS_KEPT_PER_SERVICE + 4).to_string()
+    );
+
+    store.delete_service("hello", "web").unwrap();
+    assert!(web(None, 0).is_empty());
+    assert_eq!(
+        store
+            .list_events(&bora_store::EventFilter::default())
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn a_services_scaling_status_is_kept_across_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let status = bora_api::ScalingStatus {
+        current: 2,
+        desired: 3,
+        sleeping: 0,
+        panicking: true,
+        reason: "panic: concurrency 9 needs 3".into(),
+        updated_at: chrono::Utc::now(),
+    };
+    {
+        let store = open(dir.path());
+        store
+            .create_deployment("hello", &spec("web", "img:1"))
+            .unwrap();
+        assert_eq!(store.get_service("hello", "web").unwrap().scaling, None);
+        store.set_service_scaling("hello", "web", &status).unwrap();
+        let missing = store.set_service_scaling("hello", "nope", &status);
+        assert!(missing.unwrap_err().is_not_found());
+    }
+    let store = open(dir.path());
+    assert_eq!(
+        store.get_service("hello", "web").unwrap().scaling,
+        Some(status)
+    );
+}

@@ -405,3 +405,29 @@ fn load_scales_a_service_out_and_back_in_without_a_failed_request() {
     let svc = server.api_get("/v1/apps/busy/services/web");
     assert_eq!(svc["scaling"]["current"], 1, "{svc}");
 }
+
+#[test]
+fn a_gvisor_service_sleeps_and_wakes_too() {
+    require_root();
+    let registry = Registry::start();
+    let image = registry.push_hello("gsleepy", "1", "hello from gvisor");
+    let server = Server::start();
+    let yaml = manifest(
+        "gsleepy",
+        &image,
+        "{ min: 0, max: 1, scale_to_zero_after: 1s, sleep: light }",
+    )
+    .replace(
+        "    instance_type: nano\n",
+        "    instance_type: nano\n    isolation: gvisor\n",
+    );
+    deploy(&server, "gsleepy", &yaml);
+    let id = wait_asleep_light(&server, "gsleepy");
+    assert_eq!(
+        get(&server, "web.gsleepy.localhost"),
+        (200, "hello from gvisor".into())
+    );
+    assert_eq!(live(&server, "gsleepy"), vec![(id, "healthy".to_string())]);
+    let woke = events(&server, "gsleepy", "woke");
+    assert!(woke.iter().any(|m| m.contains("light")), "{woke:?}");
+}
