@@ -441,7 +441,13 @@ mod tests {
         assert_eq!(s.kind, ServiceType::Web);
         assert_eq!(s.instance_type, InstanceType::Small);
         assert_eq!(s.isolation, Isolation::Container);
-        assert_eq!(s.scaling, ScalingSpec { min: 1, max: 1 });
+        assert_eq!(s.scaling, ScalingSpec::default());
+        assert_eq!((s.scaling.min, s.scaling.max), (1, 1));
+        assert!(!s.scaling.is_autoscaled());
+        assert_eq!(s.scaling.scale_to_zero_after, Duration::from_secs(300));
+        assert_eq!(s.scaling.stable_window, Duration::from_secs(60));
+        assert_eq!(s.scaling.sleep, SleepMode::Light);
+        assert!(s.scaling.targets.is_empty());
     }
 
     #[test]

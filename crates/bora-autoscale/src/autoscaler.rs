@@ -201,7 +201,8 @@ impl Autoscaler {
                     ),
                 );
             };
-            let mut draft = Draft::new(need.instances, need.metric, need.stable_text(stable_window));
+            let mut draft =
+                Draft::new(need.instances, need.metric, need.stable_text(stable_window));
             limit_rate(&mut draft, policy, ready);
             return draft;
         };
@@ -260,7 +261,11 @@ impl Autoscaler {
             );
         } else if draft.desired == 0 {
             if sample.has_demand() {
-                draft.adjust(1, driver::DEMAND, &format!("raised to 1: {}", demand(sample)));
+                draft.adjust(
+                    1,
+                    driver::DEMAND,
+                    &format!("raised to 1: {}", demand(sample)),
+                );
             } else if sample.ready > 0 || previous.is_some_and(|p| p > 0) {
                 draft.adjust(
                     1,
@@ -343,7 +348,10 @@ fn demand(sample: &Sample) -> String {
 fn target_names(targets: &crate::Targets) -> String {
     let names = [
         (targets.concurrency.is_some(), driver::CONCURRENCY),
-        (targets.requests_per_second.is_some(), driver::REQUESTS_PER_SECOND),
+        (
+            targets.requests_per_second.is_some(),
+            driver::REQUESTS_PER_SECOND,
+        ),
         (targets.cpu.is_some(), driver::CPU),
         (targets.memory.is_some(), driver::MEMORY),
         (targets.p95_latency.is_some(), driver::P95_LATENCY),
@@ -398,12 +406,7 @@ mod tests {
 
     /// Feeds `busy(t, ready, load)` for each `t` in `ticks`, returning the
     /// last decision.
-    fn steady(
-        a: &mut Autoscaler,
-        ticks: std::ops::Range<u64>,
-        ready: u32,
-        load: f64,
-    ) -> Decision {
+    fn steady(a: &mut Autoscaler, ticks: std::ops::Range<u64>, ready: u32, load: f64) -> Decision {
         let mut last = None;
         for t in ticks {
             last = Some(a.observe(busy(t, ready, load)));
@@ -416,7 +419,10 @@ mod tests {
         let mut a = autoscaler(1, 10, concurrency(20.0));
         let d = a.observe(busy(0, 4, 500.0));
         assert_eq!((d.desired, d.driver, d.panicking), (4, "no data", false));
-        assert_eq!(d.reason, "no data yet (first sample within 60s) → keeping 4 ready");
+        assert_eq!(
+            d.reason,
+            "no data yet (first sample within 60s) → keeping 4 ready"
+        );
         assert_eq!(a.last(), Some(&d));
 
         let d = autoscaler(1, 10, concurrency(20.0)).observe(busy(0, 20, 0.0));
@@ -448,7 +454,10 @@ mod tests {
     fn concurrency_over_the_stable_window_decides() {
         let mut a = autoscaler(1, 10, concurrency(20.0));
         let d = steady(&mut a, 0..60, 3, 43.1);
-        assert_eq!((d.desired, d.driver, d.panicking), (3, "concurrency", false));
+        assert_eq!(
+            (d.desired, d.driver, d.panicking),
+            (3, "concurrency", false)
+        );
         assert_eq!(
             d.reason,
             "concurrency 43.1 (avg over 60s) / target 20 per instance → 3 instances"
@@ -468,7 +477,11 @@ mod tests {
         let mut a = autoscaler(1, 10, Targets::default());
         let d = steady(&mut a, 0..10, 3, 250.0);
         assert_eq!((d.desired, d.driver), (3, "concurrency"));
-        assert!(d.reason.contains("/ target 100 per instance"), "{}", d.reason);
+        assert!(
+            d.reason.contains("/ target 100 per instance"),
+            "{}",
+            d.reason
+        );
     }
 
     #[test]
@@ -536,7 +549,10 @@ mod tests {
         let mut a = autoscaler(1, 10, targets);
         let d = steady(&mut a, 0..10, 3, 5.0);
         assert_eq!((d.desired, d.driver), (3, "no data"));
-        assert_eq!(d.reason, "no data for the cpu target over 60s → keeping 3 ready");
+        assert_eq!(
+            d.reason,
+            "no data for the cpu target over 60s → keeping 3 ready"
+        );
     }
 
     #[test]
@@ -589,7 +605,10 @@ mod tests {
         // 60 s after the last spike (at 1 s), panic is over and scale-down
         // resumes, gradually.
         let d = a.observe(busy(61, 5, 0.0));
-        assert_eq!((d.desired, d.driver, d.panicking), (3, "max_scale_down_rate", false));
+        assert_eq!(
+            (d.desired, d.driver, d.panicking),
+            (3, "max_scale_down_rate", false)
+        );
         assert!(!a.panicking());
     }
 
@@ -757,7 +776,11 @@ mod tests {
         let mut a = autoscaler(2, 3, concurrency(20.0));
         let d = steady(&mut a, 0..10, 2, 10.0);
         assert_eq!((d.desired, d.driver), (2, "min"));
-        assert!(d.reason.ends_with("→ 1 instance; raised to min 2"), "{}", d.reason);
+        assert!(
+            d.reason.ends_with("→ 1 instance; raised to min 2"),
+            "{}",
+            d.reason
+        );
         let d = steady(&mut a, 10..80, 3, 200.0);
         assert_eq!((d.desired, d.driver), (3, "max"));
         assert!(d.reason.ends_with("; capped at max 3"), "{}", d.reason);

@@ -49,10 +49,17 @@
 //!    [`FIRST_INTERVAL`] while alone); p95 latency is the mean of the
 //!    samples' p95, weighted by their requests. A panic window longer than
 //!    the stable window is as long as the stable window.
-//! 2. **No data.** With fewer than two samples in the stable window (the
+//! 2. **Scale to zero.** With `min: 0`, `idle_for >=
+//!    scale_to_zero_after` and nobody asking (nothing held, in flight or
+//!    arriving, and zero concurrency over the last tick), desired is 0
+//!    (driver `idle`) whatever the targets say, and panic mode ends. No
+//!    other rule applies to such a sample.
+//! 3. **No data.** With fewer than two samples in the stable window (the
 //!    first sample, or the first after a gap of a stable window or more),
-//!    desired is the ready count (driver `no data`), then bounded (rule 7).
-//! 3. **Needs.** Each target set needs a number of instances:
+//!    desired is the ready count (driver `no data`; while still panicking,
+//!    at least the previous decision), then bounded (rule 8). Panic is not
+//!    entered on such a sample.
+//! 4. **Needs.** Each target set needs a number of instances:
 //!    concurrency and requests per second are service-wide, so
 //!    `ceil(avg / target)`; CPU and memory are per-instance utilisation,
 //!    so `ceil(ready × avg / target)`, skipped with nothing ready or no
@@ -62,35 +69,32 @@
 //!    the largest of them. `ceil` forgives float error of up to 1e-6, so
 //!    40.0 / 20.0 needs 2, not 3. With no target set, concurrency 100
 //!    applies ([`DEFAULT_CONCURRENCY`]).
-//! 4. **Panic.** The panic condition holds when the panic window's need is
+//! 5. **Panic.** The panic condition holds when the panic window's need is
 //!    at least `panic_threshold × ready` (default 2×), or when nothing is
 //!    ready and someone asks (held, in-flight or arriving requests, or
 //!    concurrency above zero). It enters panic mode; panic mode ends once a
 //!    full stable window has passed since the condition last held. While
-//!    panicking, desired is the panic window's need, but never less than
-//!    the previous decision: no scale-down in panic.
-//! 5. **Stable.** Otherwise desired is the stable window's need. If no
-//!    target has data (say only a CPU target and no CPU figures), the
-//!    ready count is kept (driver `no data`).
-//! 6. **Rates.** Both in and out of panic, one decision keeps at least
-//!    `ceil(ready / max_scale_down_rate)` instances (default: at most
-//!    half go at once; one ready instance is never removed this way; with
-//!    a rate above 1 at least one of two or more may always go, so a rate
-//!    below 2 cannot get stuck at `ceil(2 / 1.5) = 2`) and
-//!    asks for at most `ceil(ready × max_scale_up_rate)` (default 1000×;
-//!    no limit from zero ready). See [`Policy::scale_down_floor`] and
+//!    panicking, desired is the panic window's need within the rates (rule
+//!    7), but never less than the previous decision: no scale-down in
+//!    panic.
+//! 6. **Stable.** Otherwise desired is the stable window's need within
+//!    the rates. If no target has data (say only a CPU target and no CPU
+//!    figures), the ready count is kept (driver `no data`).
+//! 7. **Rates.** One decision keeps at least `ceil(ready /
+//!    max_scale_down_rate)` instances (default: at most half go at once;
+//!    one ready instance is never removed this way) and asks for at most
+//!    `ceil(ready × max_scale_up_rate)` (default 1000×; no limit from zero
+//!    ready). With any rate above 1 a decision may always remove one of two
+//!    or more ready instances, so that a rate below 2 cannot get stuck at
+//!    `ceil(2 / 1.5) = 2`. See [`Policy::scale_down_floor`] and
 //!    [`Policy::scale_up_cap`].
-//! 7. **Bounds.** Desired is raised to `min`. With `min: 0`, a desired of
+//! 8. **Bounds.** Desired is raised to `min`. With `min: 0`, a desired of
 //!    0 is raised to 1 while anyone asks (driver `demand`), or while an
 //!    instance is ready or the previous decision was above zero (driver
-//!    `warm`): the warm instance stays until the idle period has passed.
-//!    Zero is left alone only when the service is already asleep (nothing
-//!    ready, nothing decided before or 0 decided) and nobody asks. Finally
-//!    desired is capped at `max`, which no decision ever exceeds.
-//! 8. **Scale to zero** comes before all of the above: with `min: 0`,
-//!    `idle_for >= scale_to_zero_after` and nobody asking (nothing held,
-//!    in flight, arriving, or averaging above zero concurrency), desired
-//!    is 0 (driver `idle`) whatever the targets say, and panic mode ends.
+//!    `warm`): the warm instance stays until the idle period has passed
+//!    (rule 2). Zero is left alone only when the service is already asleep
+//!    (nothing ready, no decision yet or 0 decided) and nobody asks.
+//!    Finally desired is capped at `max`, which no decision exceeds.
 //!
 //! # Defaults
 //!
@@ -111,6 +115,21 @@
 //! the previous one means the clock restarted: the history is dropped
 //! (the next decision is `no data`), and a panic in progress restarts its
 //! stable window on the new clock.
+//!
+//! # For the caller
+//!
+//! - Call [`Autoscaler::observe`] on every tick, asleep or not: the idle
+//!   rule and the panic timer only move when samples arrive.
+//! - `bora.yaml` gives CPU and memory targets in percent; [`Targets`]
+//!   takes fractions (`cpu: 70` → `Some(0.7)`), and so do the samples.
+//! - [`Sample::concurrency`] must include held requests, and
+//!   [`Sample::ready`] must count only instances serving now: starting
+//!   instances are not ready, so a decision may be repeated (or, out of
+//!   panic, lowered) while they start; converge to the latest desired.
+//! - A decision is made every tick; emit an event when `desired` (or
+//!   `panicking`) changes, not on every decision.
+//! - One autoscaler per service, kept across redeploys with
+//!   [`Autoscaler::set_policy`]; a new one starts with `no data`.
 //!
 //! # Modules
 //!

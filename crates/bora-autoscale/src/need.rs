@@ -72,7 +72,13 @@ impl Need {
 pub(crate) fn largest(targets: &Targets, averages: &Averages, ready: u32) -> Option<Need> {
     needs(targets, averages, ready)
         .into_iter()
-        .reduce(|best, need| if need.instances > best.instances { need } else { best })
+        .reduce(|best, need| {
+            if need.instances > best.instances {
+                need
+            } else {
+                best
+            }
+        })
 }
 
 /// Every target's need, in field order, skipping targets without data.
@@ -220,7 +226,9 @@ mod tests {
         };
         let all = needs(&targets, &avg, 2);
         assert_eq!(
-            all.iter().map(|n| (n.metric, n.instances)).collect::<Vec<_>>(),
+            all.iter()
+                .map(|n| (n.metric, n.instances))
+                .collect::<Vec<_>>(),
             [("cpu", 3), ("memory", 2)]
         );
         assert_eq!(

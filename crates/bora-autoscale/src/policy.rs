@@ -131,7 +131,11 @@ impl Policy {
 
 /// A rate of at least 1; NaN falls back to `default`.
 fn rate_or(rate: f64, default: f64) -> f64 {
-    if rate.is_nan() { default } else { rate.max(1.0) }
+    if rate.is_nan() {
+        default
+    } else {
+        rate.max(1.0)
+    }
 }
 
 /// Per-instance targets; any subset may be set, and the autoscaler keeps
@@ -244,7 +248,9 @@ mod tests {
     #[test]
     fn scale_down_floor_halves_rounding_up() {
         let policy = Policy::new(0, 100, Targets::default(), Duration::from_secs(300));
-        let floors: Vec<u32> = [0, 1, 2, 3, 10, 11].map(|r| policy.scale_down_floor(r)).into();
+        let floors: Vec<u32> = [0, 1, 2, 3, 10, 11]
+            .map(|r| policy.scale_down_floor(r))
+            .into();
         assert_eq!(floors, [0, 1, 1, 2, 5, 6]);
     }
 

@@ -6,24 +6,30 @@ use std::time::Duration;
 /// A duration the way `bora.yaml` spells one: `500ms`, `6s`, `1.5s`, `5m`,
 /// `1m30s`, `1h`.
 ///
-/// Below a second it shows milliseconds; below ten seconds, tenths of a
+/// Below a millisecond it shows microseconds; below a second,
+/// milliseconds; below ten seconds, tenths of a
 /// second; below two minutes, whole seconds (`60s`, `90s`); from there
 /// on, whole seconds in hours, minutes and seconds (an idle time of
 /// 300.4 s reads `5m`).
 pub(crate) fn duration(d: Duration) -> String {
     let millis = d.as_millis();
     if millis == 0 {
-        return "0s".to_owned();
+        return if d.is_zero() {
+            "0s".to_owned()
+        } else {
+            format!("{}µs", d.as_micros())
+        };
     }
     if millis < 1000 {
         return format!("{millis}ms");
     }
     if millis < 10_000 {
         let tenths = (millis + 50) / 100;
-        return if tenths % 10 == 0 {
-            format!("{}s", tenths / 10)
+        let (whole, tenth) = (tenths / 10, tenths % 10);
+        return if tenth == 0 {
+            format!("{whole}s")
         } else {
-            format!("{}.{}s", tenths / 10, tenths % 10)
+            format!("{whole}.{tenth}s")
         };
     }
     let secs = (millis + 500) / 1000;
@@ -78,6 +84,7 @@ mod tests {
     fn durations_read_like_bora_yaml() {
         let cases = [
             (Duration::ZERO, "0s"),
+            (Duration::from_micros(450), "450µs"),
             (Duration::from_millis(340), "340ms"),
             (Duration::from_millis(1500), "1.5s"),
             (Duration::from_secs(6), "6s"),

@@ -110,7 +110,9 @@ impl History {
 
     /// Appends `sample`, which must be newer than every recorded one.
     pub(crate) fn push(&mut self, sample: &Sample) {
-        let covers = self.latest().map(|latest| sample.now - latest);
+        let covers = self
+            .latest()
+            .map(|latest| sample.now.saturating_sub(latest));
         if let Some(dt) = covers
             && self.samples.len() == 1
             && self.samples[0].covers.is_none()
@@ -170,7 +172,7 @@ impl History {
             count += 1;
             concurrency += s.concurrency;
             requests += s.requests as f64;
-            span += s.covers.unwrap_or(FIRST_INTERVAL);
+            span = span.saturating_add(s.covers.unwrap_or(FIRST_INTERVAL));
             if let Some(v) = s.cpu {
                 cpu.add(v, 1.0);
             }
@@ -186,7 +188,11 @@ impl History {
         }
         let averages = Averages {
             concurrency: concurrency / count as f64,
-            requests_per_second: requests / span.as_secs_f64(),
+            requests_per_second: if span.is_zero() {
+                0.0
+            } else {
+                requests / span.as_secs_f64()
+            },
             cpu: cpu.value(),
             memory: memory.value(),
             p95_latency: p95_latency

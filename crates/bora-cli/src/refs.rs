@@ -197,6 +197,7 @@ mod tests {
             active_deployment: None,
             latest_deployment: None,
             url: None,
+            scaling: None,
             created_at: Utc::now(),
             updated_at: Utc::now(),
         }

@@ -91,7 +91,7 @@ impl<'a> Pool<'a> {
                 .filter(|i| want.contains(&i.state))
                 .collect();
             // Newest first: they are the first to go when scaling down.
-            v.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+            v.sort_by_key(|i| std::cmp::Reverse(i.created_at));
             v
         };
         Pool {

@@ -184,7 +184,7 @@ fn scaling() {
     let cases: [(u32, u32, &[&str]); 6] = [
         (1, 1, &[]),
         (1, 100, &[]),
-        (0, 3, &["scaling.min"]),
+        (0, 3, &[]),
         (3, 2, &["scaling.min"]),
         (1, 0, &["scaling.max"]),
         (1, 101, &["scaling.max"]),
@@ -199,14 +199,57 @@ fn scaling() {
             "min {min}, max {max}"
         );
     }
+
+    // Only web services wake on requests.
+    let mut worker = web();
+    worker.kind = bora_api::ServiceType::Worker;
+    worker.ports.clear();
+    worker.routes.clear();
+    worker.scaling.min = 0;
+    let violations = validate_service(&worker);
+    assert_eq!(paths(&violations), ["scaling.min"]);
+    assert!(violations[0].message.contains("cannot scale to zero"));
+}
+
+#[test]
+fn scaling_targets_and_durations() {
+    use bora_api::{Duration, SleepMode};
     let mut spec = web();
     spec.scaling.min = 0;
-    let violations = validate_service(&spec);
-    assert!(
-        violations[0]
-            .message
-            .contains("scale to zero arrives with autoscaling; use min: 1 for now")
+    spec.scaling.max = 5;
+    spec.scaling.targets.concurrency = Some(0);
+    spec.scaling.targets.requests_per_second = Some(0);
+    spec.scaling.targets.cpu = Some(0);
+    spec.scaling.targets.memory = Some(101);
+    spec.scaling.targets.p95_latency = Some(Duration::from_millis(0));
+    spec.scaling.scale_to_zero_after = Duration::from_millis(500);
+    spec.scaling.stable_window = Duration::from_secs(7200);
+    spec.scaling.sleep = SleepMode::Deep;
+    spec.scaling.deep_sleep_after = Some(Duration::from_secs(60));
+    assert_eq!(
+        paths(&validate_service(&spec)),
+        [
+            "scaling.targets.concurrency",
+            "scaling.targets.requests_per_second",
+            "scaling.targets.cpu",
+            "scaling.targets.memory",
+            "scaling.targets.p95_latency",
+            "scaling.scale_to_zero_after",
+            "scaling.stable_window",
+            "scaling.deep_sleep_after",
+        ]
     );
+
+    spec.scaling.targets.concurrency = Some(20);
+    spec.scaling.targets.requests_per_second = Some(100);
+    spec.scaling.targets.cpu = Some(70);
+    spec.scaling.targets.memory = Some(100);
+    spec.scaling.targets.p95_latency = Some(Duration::from_millis(250));
+    spec.scaling.scale_to_zero_after = Duration::from_secs(1);
+    spec.scaling.stable_window = Duration::from_secs(6);
+    spec.scaling.sleep = SleepMode::Light;
+    spec.scaling.deep_sleep_after = Some(Duration::from_secs(1));
+    assert_eq!(paths(&validate_service(&spec)), Vec::<String>::new());
 }
 
 #[test]

@@ -63,6 +63,7 @@ impl Router {
                     // The instance is done with this request.
                     scope.leave_instance();
                     if scope.stats().is_none() {
+                        // Matched no service: count it as unrouted.
                         scope.set_stats(RequestStats::arrive(self.services.unrouted()));
                     }
                     scope.respond(error.status());

@@ -75,7 +75,7 @@ pub struct HeldOutcomes {
 impl HeldOutcomes {
     /// `(outcome label, count)` for each outcome, in a fixed order; the
     /// labels are those of `bora_router_held_requests_total`.
-    pub fn by_label(&self) -> [(&'static str, u64); HoldOutcome::ALL.len()] {
+    pub fn by_label(&self) -> [(&'static str, u64); 5] {
         HoldOutcome::ALL.map(|outcome| (outcome.label(), self.get(outcome)))
     }
 

@@ -135,6 +135,7 @@ impl World {
             kind: ServiceType::Web,
             active_deployment: None,
             latest_deployment: None,
+            scaling: None,
             url: Some(format!("http://{name}.{app}.localhost:8080/")),
             created_at: t0(),
             updated_at: t0(),

@@ -178,12 +178,15 @@ pub fn run(params: &ScaleParams) -> ScaleReport {
     eprintln!("scale bench: step from 1 instance");
     let (step, time_to_scale, max_healthy) = load(&api, server.http, params, true);
     eprintln!(
-        "scale bench: step: {} requests, {} failed, p99 {}, {} healthy after {:?}",
+        "scale bench: step: {} requests, {} failed, p99 {}, {} healthy {}",
         step.requests,
         step.failures,
         fmt_duration(step.latency.p99),
         params.instances,
-        time_to_scale
+        time_to_scale.map_or_else(
+            || format!("not reached (at most {max_healthy})"),
+            |t| format!("after {}", fmt_duration(t))
+        )
     );
 
     // The peer: the same service, already at full size.
