@@ -431,3 +431,68 @@ fn a_gvisor_service_sleeps_and_wakes_too() {
     let woke = events(&server, "gsleepy", "woke");
     assert!(woke.iter().any(|m| m.contains("light")), "{woke:?}");
 }
+
+/// Serves `/cgi-bin/burn`, which spins the CPU for a while.
+const BURN_CGI: &str = "    command: [sh, -c, 'mkdir -p /www/cgi-bin && printf \"#!/bin/sh\\\\ni=0\\\\nwhile [ \\\\$i -lt 2000 ]; do i=\\\\$((i+1)); done\\\\necho Content-Type: text/plain\\\\necho\\\\necho burnt\\\\n\" > /www/cgi-bin/burn && chmod +x /www/cgi-bin/burn && exec httpd -f -p 8000 -h /www']\n";
+
+#[test]
+fn cpu_load_measured_from_the_cgroup_scales_a_service_out() {
+    require_root();
+    let registry = Registry::start();
+    let image = registry.push_hello("hot", "1", "home");
+    let server = Server::start();
+    // Two clients spinning a 0.1-core nano instance keep it at its CPU
+    // limit, twice the 50% target: it needs 2 instances.
+    let yaml = manifest(
+        "hot",
+        &image,
+        "{ min: 1, max: 2, targets: { cpu: 50 }, stable_window: 6s }",
+    )
+    .replace(
+        "    instance_type: nano\n",
+        &format!("    instance_type: nano\n{BURN_CGI}"),
+    );
+    deploy(&server, "hot", &yaml);
+    let (status, body) = server.get("web.hot.localhost", "/cgi-bin/burn").unwrap();
+    assert_eq!((status, body.trim()), (200, "burnt"));
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let (http, stop) = (server.http, stop.clone());
+            std::thread::spawn(move || {
+                let c = http_client();
+                let deadline = std::time::Instant::now() + Duration::from_secs(90);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                    && std::time::Instant::now() < deadline
+                {
+                    let _ = c
+                        .get(format!("http://{http}/cgi-bin/burn"))
+                        .header("host", "web.hot.localhost")
+                        .send();
+                }
+            })
+        })
+        .collect();
+    server.wait_until(
+        "a second instance for the CPU load",
+        Duration::from_secs(80),
+        || {
+            (live(&server, "hot")
+                .iter()
+                .filter(|(_, s)| s == "healthy")
+                .count()
+                == 2)
+                .then_some(())
+        },
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let up = events(&server, "hot", "scaled_up");
+    assert!(
+        up.iter().any(|m| m.contains("cpu")),
+        "decided on CPU: {up:?}"
+    );
+}
