@@ -14,18 +14,20 @@ use common::bench::{self, Percentiles, parse_duration, parse_wrk, router, scale,
 fn router_bench_measures_direct_nginx_and_bora() {
     let report = router::run(&router::RouterParams::smoke());
     println!("{report}");
-    for (name, r) in [
-        ("direct", report.direct),
-        ("nginx", report.nginx),
-        ("bora", report.bora),
-    ] {
-        assert!(r.requests > 0, "{name} served no request: {r:?}");
-        assert_eq!(r.errors, 0, "{name} had failed requests: {r:?}");
-        assert!(
-            r.requests_per_sec.is_finite() && r.requests_per_sec > 0.0,
-            "{name}: {r:?}"
-        );
-        assert!(r.p50 > Duration::ZERO && r.p99 >= r.p50, "{name}: {r:?}");
+    let latency = report.latency.expect("the smoke run makes latency runs");
+    for (shape, targets) in [("throughput", report.throughput), ("latency", latency)] {
+        for (name, r) in targets.all() {
+            assert!(r.requests > 0, "{shape} {name} served no request: {r:?}");
+            assert_eq!(r.errors, 0, "{shape} {name} had failed requests: {r:?}");
+            assert!(
+                r.requests_per_sec.is_finite() && r.requests_per_sec > 0.0,
+                "{shape} {name}: {r:?}"
+            );
+            assert!(
+                r.p50 > Duration::ZERO && r.p99 >= r.p50,
+                "{shape} {name}: {r:?}"
+            );
+        }
     }
     assert!(report.throughput_ratio().is_finite() && report.throughput_ratio() > 0.0);
     assert!(report.p99_ratio().is_finite());

@@ -8,8 +8,16 @@
 //!   as many worker threads as nginx has workers, with a route table whose
 //!   one service has the backend as its instance.
 //!
-//! Targets run in turn (direct, nginx, Bora) for each round after one
-//! warm-up run each; the report averages the rounds.
+//! Two load shapes, each run against every target in turn (direct, nginx,
+//! Bora) for each round, after one warm-up run per target:
+//!
+//! - throughput: `-c<connections>` (64) connections, which saturate this
+//!   machine: its p99 is mostly queueing behind the CPU that wrk, the
+//!   backend and the proxy share;
+//! - latency: one connection with one request in flight, where nothing
+//!   queues: what a proxy adds here is its own per-request cost.
+//!
+//! The report averages the rounds.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -24,19 +32,21 @@ pub const HOST: &str = "web.bench.localhost";
 
 #[derive(Clone, Debug)]
 pub struct RouterParams {
-    /// wrk connections (`-c`).
+    /// wrk connections (`-c`) of the throughput runs.
     pub connections: usize,
-    /// wrk threads (`-t`).
+    /// wrk threads (`-t`) of the throughput runs.
     pub threads: usize,
-    /// Length of each measured run (`-d`), per target and round.
+    /// Length of each measured run (`-d`), per target, shape and round.
     pub duration: Duration,
-    /// Measured runs per target.
+    /// Measured runs per target and shape.
     pub rounds: usize,
     /// Length of the one warm-up run per target (zero: none).
     pub warmup: Duration,
     /// nginx `worker_processes` for backend and proxy, and the router's
     /// tokio worker threads.
     pub workers: usize,
+    /// Whether to make the one-connection latency runs too.
+    pub latency_runs: bool,
 }
 
 impl RouterParams {
@@ -47,9 +57,10 @@ impl RouterParams {
         "rounds",
         "warmup",
         "workers",
+        "latency-runs",
     ];
 
-    /// The full run: 64 connections, 2 rounds of 10 s per target.
+    /// The full run: 64 connections, then one, 2 rounds of 10 s per target.
     pub fn full(args: &Args) -> RouterParams {
         RouterParams {
             connections: args.count("connections", 64),
@@ -58,6 +69,7 @@ impl RouterParams {
             rounds: args.count("rounds", 2),
             warmup: args.duration("warmup", Duration::from_secs(2)),
             workers: args.count("workers", 2),
+            latency_runs: args.count("latency-runs", 1) != 0,
         }
     }
 
@@ -70,14 +82,23 @@ impl RouterParams {
             rounds: 1,
             warmup: Duration::ZERO,
             workers: 2,
+            latency_runs: true,
         }
     }
 
-    fn load(&self, duration: Duration) -> Load {
+    fn throughput(&self, duration: Duration) -> Load {
         Load {
-            threads: self.threads,
-            connections: self.connections,
+            threads: self.threads.clamp(1, self.connections.max(1)),
+            connections: self.connections.max(1),
             duration,
+        }
+    }
+
+    fn latency(&self) -> Load {
+        Load {
+            threads: 1,
+            connections: 1,
+            duration: self.duration,
         }
     }
 }
@@ -105,84 +126,146 @@ impl TargetResult {
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct RouterReport {
-    pub params: RouterParams,
+/// The three targets under one load shape.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Targets {
     pub direct: TargetResult,
     pub nginx: TargetResult,
     pub bora: TargetResult,
 }
 
-impl RouterReport {
-    /// Bora's throughput over nginx's.
-    pub fn throughput_ratio(&self) -> f64 {
-        self.bora.requests_per_sec / self.nginx.requests_per_sec
+impl Targets {
+    pub fn all(&self) -> [(&'static str, TargetResult); 3] {
+        [
+            ("direct", self.direct),
+            ("nginx", self.nginx),
+            ("bora", self.bora),
+        ]
     }
 
-    /// Bora's p99 over nginx's.
-    pub fn p99_ratio(&self) -> f64 {
-        super::ratio(self.bora.p99, self.nginx.p99)
-    }
-
-    /// The table of every target, then Bora against the peer.
-    pub fn tables(&self) -> [Table; 2] {
-        let p = &self.params;
-        let mut targets = Table::new(
-            format!(
-                "router overhead: wrk -t{} -c{} -d{}s, {} round(s) per target, {} nginx workers / router threads",
-                p.threads.clamp(1, p.connections.max(1)),
-                p.connections,
-                p.duration.as_secs().max(1),
-                p.rounds,
-                p.workers
-            ),
-            &["target", "requests/s", "p50", "p99", "added p99", "errors"],
+    fn table(&self, title: String) -> Table {
+        let mut t = Table::new(
+            title,
+            &[
+                "target",
+                "requests/s",
+                "p50",
+                "p99",
+                "added p50",
+                "added p99",
+                "errors",
+            ],
         );
-        for (name, r, added) in [
+        for (name, r, proxied) in [
             ("direct (backend)", &self.direct, false),
             ("nginx (peer)", &self.nginx, true),
             ("Bora router", &self.bora, true),
         ] {
-            targets.row(vec![
+            let added = |d: Duration, direct: Duration| {
+                if proxied {
+                    fmt_delta(d, direct)
+                } else {
+                    "-".into()
+                }
+            };
+            t.row(vec![
                 name.into(),
                 format!("{:.0}", r.requests_per_sec),
                 fmt_duration(r.p50),
                 fmt_duration(r.p99),
-                if added {
-                    fmt_delta(r.p99, self.direct.p99)
-                } else {
-                    "-".into()
-                },
+                added(r.p50, self.direct.p50),
+                added(r.p99, self.direct.p99),
                 r.errors.to_string(),
             ]);
         }
+        t
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RouterReport {
+    pub params: RouterParams,
+    /// Under `params.connections` connections.
+    pub throughput: Targets,
+    /// Under one connection, if measured.
+    pub latency: Option<Targets>,
+}
+
+impl RouterReport {
+    /// Bora's throughput over nginx's.
+    pub fn throughput_ratio(&self) -> f64 {
+        self.throughput.bora.requests_per_sec / self.throughput.nginx.requests_per_sec
+    }
+
+    /// Bora's p99 over nginx's, under the throughput load.
+    pub fn p99_ratio(&self) -> f64 {
+        super::ratio(self.throughput.bora.p99, self.throughput.nginx.p99)
+    }
+
+    /// One table per load shape, then Bora against the peer.
+    pub fn tables(&self) -> Vec<Table> {
+        let p = &self.params;
+        let load = p.throughput(p.duration);
+        let mut tables = vec![self.throughput.table(format!(
+            "router throughput: wrk -t{} -c{} -d{}s, {} round(s) per target, {} nginx workers / router threads",
+            load.threads,
+            load.connections,
+            p.duration.as_secs().max(1),
+            p.rounds,
+            p.workers
+        ))];
+        if let Some(latency) = &self.latency {
+            tables.push(latency.table(format!(
+                "router latency: wrk -t1 -c1 -d{}s (one request in flight), {} round(s) per target",
+                p.duration.as_secs().max(1),
+                p.rounds
+            )));
+        }
+        let (t, c) = (&self.throughput, load.connections);
         let mut summary = Table::new("Bora vs nginx", &["figure", "Bora", "nginx", "ratio"]);
         summary.row(vec![
-            "requests/s".into(),
-            format!("{:.0}", self.bora.requests_per_sec),
-            format!("{:.0}", self.nginx.requests_per_sec),
+            format!("requests/s, {c} connections"),
+            format!("{:.0}", t.bora.requests_per_sec),
+            format!("{:.0}", t.nginx.requests_per_sec),
             fmt_ratio(self.throughput_ratio()),
         ]);
         summary.row(vec![
-            "p99".into(),
-            fmt_duration(self.bora.p99),
-            fmt_duration(self.nginx.p99),
+            format!("p99, {c} connections"),
+            fmt_duration(t.bora.p99),
+            fmt_duration(t.nginx.p99),
             fmt_ratio(self.p99_ratio()),
         ]);
         summary.row(vec![
-            "added p99 over direct".into(),
-            fmt_delta(self.bora.p99, self.direct.p99),
-            fmt_delta(self.nginx.p99, self.direct.p99),
+            format!("added p99 over direct, {c} connections"),
+            fmt_delta(t.bora.p99, t.direct.p99),
+            fmt_delta(t.nginx.p99, t.direct.p99),
             "-".into(),
         ]);
-        [targets, summary]
+        if let Some(l) = &self.latency {
+            for (name, bora, nginx, direct) in [
+                ("p50", l.bora.p50, l.nginx.p50, l.direct.p50),
+                ("p99", l.bora.p99, l.nginx.p99, l.direct.p99),
+            ] {
+                summary.row(vec![
+                    format!("added {name} over direct, 1 connection"),
+                    fmt_delta(bora, direct),
+                    fmt_delta(nginx, direct),
+                    fmt_ratio(super::ratio(
+                        bora.saturating_sub(direct),
+                        nginx.saturating_sub(direct),
+                    )),
+                ]);
+            }
+        }
+        tables.push(summary);
+        tables
     }
 }
 
 impl std::fmt::Display for RouterReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let [targets, summary] = self.tables();
-        write!(f, "{targets}\n{summary}")
+        let tables: Vec<String> = self.tables().iter().map(Table::to_string).collect();
+        write!(f, "{}", tables.join("\n"))
     }
 }
 
@@ -275,27 +358,39 @@ pub fn run(params: &RouterParams) -> RouterReport {
     if !params.warmup.is_zero() {
         for (name, addr) in targets {
             eprintln!("router bench: warming up {name}");
-            wrk(addr, HOST, params.load(params.warmup));
+            wrk(addr, HOST, params.throughput(params.warmup));
         }
     }
-    let mut runs: [Vec<WrkResult>; 3] = Default::default();
-    for round in 1..=params.rounds.max(1) {
-        for (i, (name, addr)) in targets.iter().enumerate() {
-            let r = wrk(*addr, HOST, params.load(params.duration));
-            eprintln!(
-                "router bench: round {round} {name}: {:.0} req/s, p50 {}, p99 {}, {} errors",
-                r.requests_per_sec,
-                fmt_duration(r.p50),
-                fmt_duration(r.p99),
-                r.errors
-            );
-            runs[i].push(r);
-        }
+    let mut shapes = vec![("throughput", params.throughput(params.duration))];
+    if params.latency_runs {
+        shapes.push(("latency", params.latency()));
     }
+    let mut results = Vec::new();
+    for (shape, load) in shapes {
+        let mut runs: [Vec<WrkResult>; 3] = Default::default();
+        for round in 1..=params.rounds.max(1) {
+            for (i, (name, addr)) in targets.iter().enumerate() {
+                let r = wrk(*addr, HOST, load);
+                eprintln!(
+                    "router bench: {shape} round {round} {name}: {:.0} req/s, p50 {}, p99 {}, {} errors",
+                    r.requests_per_sec,
+                    fmt_duration(r.p50),
+                    fmt_duration(r.p99),
+                    r.errors
+                );
+                runs[i].push(r);
+            }
+        }
+        results.push(Targets {
+            direct: TargetResult::average(&runs[0]),
+            nginx: TargetResult::average(&runs[1]),
+            bora: TargetResult::average(&runs[2]),
+        });
+    }
+    let mut results = results.into_iter();
     RouterReport {
         params: params.clone(),
-        direct: TargetResult::average(&runs[0]),
-        nginx: TargetResult::average(&runs[1]),
-        bora: TargetResult::average(&runs[2]),
+        throughput: results.next().unwrap(),
+        latency: results.next(),
     }
 }
