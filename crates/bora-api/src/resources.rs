@@ -153,6 +153,9 @@ pub struct Deployment {
 pub enum InstanceState {
     Pending,
     Pulling,
+    /// Set up but not started (rootfs, network, bundle ready; no process):
+    /// what a service in deep sleep keeps, started by the first request.
+    Standby,
     Starting,
     Healthy,
     /// Frozen by a `min: 0` service's light sleep: memory kept, no CPU,
@@ -164,9 +167,10 @@ pub enum InstanceState {
 }
 
 impl InstanceState {
-    pub const ALL: [InstanceState; 8] = [
+    pub const ALL: [InstanceState; 9] = [
         InstanceState::Pending,
         InstanceState::Pulling,
+        InstanceState::Standby,
         InstanceState::Starting,
         InstanceState::Healthy,
         InstanceState::Sleeping,
@@ -186,6 +190,7 @@ impl InstanceState {
             InstanceState::Starting => "starting",
             InstanceState::Healthy => "healthy",
             InstanceState::Sleeping => "sleeping",
+            InstanceState::Standby => "standby",
             InstanceState::Draining => "draining",
             InstanceState::Stopped => "stopped",
             InstanceState::Failed => "failed",
@@ -208,6 +213,8 @@ impl InstanceState {
             // that fails to wake is restarted.
             (Healthy, Sleeping) | (Sleeping, Healthy) | (Sleeping, Starting) => true,
             (Sleeping, Draining) => true,
+            // Deep sleep keeps a standby, started by the first request.
+            (Pulling, Standby) | (Standby, Starting) => true,
             _ => false,
         }
     }
@@ -320,6 +327,14 @@ mod tests {
         assert!(!Failed.can_become(Stopped));
         assert!(!Healthy.can_become(Pending));
         assert!(Healthy.can_become(Starting));
+        // Light sleep and back; deep sleep's standby.
+        assert!(Healthy.can_become(Sleeping));
+        assert!(Sleeping.can_become(Healthy));
+        assert!(!Sleeping.can_become(Pending));
+        assert!(Pulling.can_become(Standby));
+        assert!(Standby.can_become(Starting));
+        assert!(Standby.can_become(Stopped));
+        assert!(!Standby.can_become(Healthy));
     }
 
     #[test]

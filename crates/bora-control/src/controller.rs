@@ -265,6 +265,20 @@ impl Controller {
         Ok(instance)
     }
 
+    /// Records a standby instance of `d` (deep sleep): set up, not started.
+    pub(crate) fn start_standby(
+        self: &Arc<Self>,
+        d: &Deployment,
+    ) -> Result<Instance, ControlError> {
+        let instance = self.store.create_instance(
+            &d.id,
+            self.node.name(),
+            "standby for deep sleep: set up now, started by the first request",
+        )?;
+        self.supervise(instance.clone(), Mode::Standby);
+        Ok(instance)
+    }
+
     pub(crate) fn supervise(self: &Arc<Self>, instance: Instance, mode: Mode) {
         let (tx, rx) = mpsc::unbounded_channel();
         self.supervisors

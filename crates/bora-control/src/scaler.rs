@@ -81,6 +81,7 @@ struct Pool<'a> {
     healthy: Vec<&'a Instance>,
     coming: Vec<&'a Instance>,
     sleeping: Vec<&'a Instance>,
+    standby: Vec<&'a Instance>,
 }
 
 impl<'a> Pool<'a> {
@@ -102,6 +103,7 @@ impl<'a> Pool<'a> {
                 InstanceState::Starting,
             ]),
             sleeping: pick(&[InstanceState::Sleeping]),
+            standby: pick(&[InstanceState::Standby]),
         }
     }
 
@@ -261,7 +263,7 @@ impl Tracked {
             }
             ctl.event(svc, "slept", &reason);
         } else if desired > awake {
-            if !pool.sleeping.is_empty() {
+            if !pool.sleeping.is_empty() || !pool.standby.is_empty() {
                 // Demand reached the autoscaler before a request did (or the
                 // wake is under way): the wake path handles sleepers.
                 ctl.wake(&svc.app, &svc.name);
@@ -281,6 +283,19 @@ impl Tracked {
                 .take(awake - desired);
             for i in victims {
                 ctl.stop_instance(&i.id, &reason, true).await?;
+            }
+        }
+
+        // Fully asleep without a frozen instance (deep sleep): keep one
+        // standby, so that waking costs only the container's start.
+        if desired == 0 && awake == 0 && pool.sleeping.is_empty() && scaling.min == 0 {
+            if pool.standby.is_empty() {
+                let i = ctl.start_standby(d)?;
+                tracing::info!(instance = %i.id, deployment = %d.id, "standby for deep sleep");
+            }
+            for extra in pool.standby.iter().skip(1) {
+                ctl.stop_instance(&extra.id, "an extra standby", false)
+                    .await?;
             }
         }
 

@@ -67,6 +67,9 @@ pub enum Mode {
     Start,
     /// An instance found running after a server restart.
     Adopt { ip: IpAddr },
+    /// A standby for a service in deep sleep: prepare it, and start it on
+    /// the first [`Command::Wake`].
+    Standby,
 }
 
 /// Health-check timing, with Bora's defaults for services without a check.
@@ -162,6 +165,34 @@ async fn supervise(
                 return Ok(());
             }
         },
+        Mode::Standby => {
+            let ip = match prepare(ctl, &d, &id).await {
+                Ok(ip) => ip,
+                Err(reason) => {
+                    ctl.transition(&id, InstanceState::Failed, &reason)?;
+                    return Ok(());
+                }
+            };
+            let Some(reply) = standby(ctl, &id, rx).await? else {
+                return Ok(());
+            };
+            let launched = ctl.node.launch(&id).await.map_err(|e| e.to_string());
+            let _ = reply.send(launched.clone());
+            if let Err(reason) = launched {
+                ctl.transition(
+                    &id,
+                    InstanceState::Failed,
+                    &format!("cannot start: {reason}"),
+                )?;
+                return Ok(());
+            }
+            ctl.transition(
+                &id,
+                InstanceState::Starting,
+                &format!("started at {ip} by a request, waiting for its health check"),
+            )?;
+            (ip, Next::Probe)
+        }
     };
 
     let mut backoff = Duration::from_secs(1);
@@ -350,6 +381,49 @@ async fn start(ctl: &Arc<Controller>, d: &Deployment, id: &str) -> Result<IpAddr
         &format!("container running at {ip}, waiting for its health check"),
     )?;
     Ok(ip)
+}
+
+/// pending → pulling → standby: sets the instance up without starting it.
+async fn prepare(ctl: &Arc<Controller>, d: &Deployment, id: &str) -> Result<IpAddr, String> {
+    ctl.transition(
+        id,
+        InstanceState::Pulling,
+        &format!("loading image {}", d.spec.image),
+    )
+    .map_err(|e| e.to_string())?;
+    let image = ctl.deployment_image(d)?;
+    let spec = ctl.instance_spec(d, id, image)?;
+    let ip = ctl.node.prepare(&spec).await.map_err(|e| e.to_string())?;
+    ctl.store
+        .set_instance_ip(id, Some(&ip.to_string()))
+        .map_err(|e| e.to_string())?;
+    ctl.transition(
+        id,
+        InstanceState::Standby,
+        &format!("standby at {ip}: rootfs, network and bundle ready; starts on the first request"),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(ip)
+}
+
+/// Waits, as a standby, for the wake that starts it; `None` if a stop came
+/// instead (obeyed) or the controller went away.
+async fn standby(
+    ctl: &Arc<Controller>,
+    id: &str,
+    rx: &mut mpsc::UnboundedReceiver<Command>,
+) -> Result<Option<oneshot::Sender<Result<(), String>>>, crate::ControlError> {
+    loop {
+        match rx.recv().await {
+            None => return Ok(None),
+            Some(Command::Wake(reply)) => return Ok(Some(reply)),
+            Some(Command::Sleep(_)) => {}
+            Some(cmd) => {
+                obey(ctl, id, cmd).await?;
+                return Ok(None);
+            }
+        }
+    }
 }
 
 /// Why the instance's process is no longer running, or `None` while it is.

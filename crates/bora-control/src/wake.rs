@@ -133,13 +133,22 @@ impl Controller {
             }
         }
 
-        // Deep: wait for an instance that is starting, or start one.
-        let deadline = Instant::now() + self.router.config().hold_timeout;
-        let mut attempts = usize::from(last_error.is_some());
+        // Deep: start the standby, or wait for an instance that is starting,
+        // or start one.
         let mut waiting_for: Option<String> = live
             .iter()
             .find(|i| is_coming(i) || i.state == InstanceState::Sleeping)
             .map(|i| i.id.clone());
+        if waiting_for.is_none()
+            && let Some(standby) = live.iter().find(|i| i.state == InstanceState::Standby)
+        {
+            match self.wake_instance(&standby.id).await {
+                Ok(()) => waiting_for = Some(standby.id.clone()),
+                Err(reason) => last_error = Some(reason),
+            }
+        }
+        let deadline = Instant::now() + self.router.config().hold_timeout;
+        let mut attempts = usize::from(last_error.is_some());
         loop {
             let notified = self.changed.notified();
             let id = match &waiting_for {

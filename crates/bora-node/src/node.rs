@@ -154,18 +154,43 @@ impl Node {
     /// Starts an instance and waits until its container runs. Returns its
     /// address. On failure, whatever was set up is torn down again.
     pub async fn start(&self, spec: &InstanceSpec) -> Result<IpAddr, NodeError> {
-        match self.try_start(spec).await {
-            Ok(ip) => Ok(ip),
-            Err(e) => {
-                if let Err(cleanup) = self.destroy(&spec.id).await {
-                    tracing::warn!(instance = %spec.id, error = %cleanup, "cleanup after a failed start");
-                }
-                Err(e)
-            }
-        }
+        let started = async {
+            let ip = self.try_prepare(spec).await?;
+            self.try_launch(&spec.id).await?;
+            self.wait_running(&spec.id).await?;
+            Ok(ip)
+        };
+        self.or_destroy(&spec.id, started.await).await
     }
 
-    async fn try_start(&self, spec: &InstanceSpec) -> Result<IpAddr, NodeError> {
+    /// Sets an instance up without starting it: rootfs mounted, network
+    /// attached, bundle written. [`Node::launch`] then starts it in the time
+    /// it takes the runtime to start a container: this is how a service in
+    /// deep sleep keeps a *standby* instance that costs no process and no
+    /// memory but wakes fast. On failure, whatever was set up is torn down.
+    pub async fn prepare(&self, spec: &InstanceSpec) -> Result<IpAddr, NodeError> {
+        let prepared = self.try_prepare(spec).await;
+        self.or_destroy(&spec.id, prepared).await
+    }
+
+    /// Starts a prepared instance's container, without waiting for it:
+    /// readiness is the health check's business, and [`Node::status`]
+    /// reports an early exit.
+    pub async fn launch(&self, id: &str) -> Result<(), NodeError> {
+        let launched = self.try_launch(id).await;
+        self.or_destroy(id, launched).await
+    }
+
+    async fn or_destroy<T>(&self, id: &str, result: Result<T, NodeError>) -> Result<T, NodeError> {
+        if result.is_err()
+            && let Err(cleanup) = self.destroy(id).await
+        {
+            tracing::warn!(instance = %id, error = %cleanup, "cleanup after a failed start");
+        }
+        result
+    }
+
+    async fn try_prepare(&self, spec: &InstanceSpec) -> Result<IpAddr, NodeError> {
         let id = &spec.id;
         let dir = self.dir(id);
         let bundle_dir = dir.join("bundle");
@@ -261,8 +286,22 @@ impl Node {
             },
         );
         write(&bundle_dir.join("config.json"), config_json.to_string())?;
+        Ok(ip)
+    }
 
-        let runtime = self.runtime(spec.isolation);
+    async fn try_launch(&self, id: &str) -> Result<(), NodeError> {
+        let dir = self.dir(id);
+        let bundle_dir = dir.join("bundle");
+        let netns = network::netns_path(id);
+        let isolation = self
+            .record(id)
+            .map(|r| r.isolation)
+            .ok_or_else(|| NodeError::Start {
+                instance: id.to_string(),
+                detail: "the instance was not prepared (no instance.json)".into(),
+            })?;
+        let _ = std::fs::remove_file(shim::exit_path(&dir));
+        let runtime = self.runtime(isolation);
         std::fs::create_dir_all(&runtime.root).map_err(|e| NodeError::io(&runtime.root, e))?;
         let argv = runtime.run_argv(id, &bundle_dir, &netns);
         let mut shim = tokio::process::Command::new(&self.config.shim_exe);
@@ -279,11 +318,25 @@ impl Node {
         let mut child = shim
             .spawn()
             .map_err(|e| NodeError::io(&self.config.shim_exe, e))?;
+        // The shim records its pid too, but not before it runs: write it now
+        // so that `status` never sees a just-launched instance as lost.
+        if let Some(pid) = child.id() {
+            let path = shim::pid_path(&dir);
+            std::fs::write(&path, pid.to_string()).map_err(|e| NodeError::io(&path, e))?;
+        }
         // Reap the shim when it ends, so it never lingers as a zombie.
         tokio::spawn(async move {
             let _ = child.wait().await;
         });
+        Ok(())
+    }
 
+    /// Waits until the launched container runs, or says why it did not.
+    async fn wait_running(&self, id: &str) -> Result<(), NodeError> {
+        let dir = self.dir(id);
+        let isolation = self.record(id).map(|r| r.isolation).unwrap_or_default();
+        let runtime = self.runtime(isolation);
+        let id = &id.to_string();
         let deadline = Instant::now() + self.config.start_timeout;
         loop {
             if let Some(exit) = shim::read_exit(&dir) {
@@ -293,7 +346,7 @@ impl Node {
                 });
             }
             if runtime.state(id).await?.as_deref() == Some("running") {
-                return Ok(ip);
+                return Ok(());
             }
             if Instant::now() > deadline {
                 return Err(NodeError::Start {
@@ -305,7 +358,7 @@ impl Node {
                     ),
                 });
             }
-            sleep(Duration::from_millis(20)).await;
+            sleep(Duration::from_millis(5)).await;
         }
     }
 

@@ -69,6 +69,17 @@ fn wait_asleep_light(server: &Server, app: &str) -> String {
     )
 }
 
+/// Waits until the service is in deep sleep (one standby instance, nothing
+/// else); returns the standby's id.
+fn wait_deep_asleep(server: &Server, app: &str) -> String {
+    server.wait_until("deep sleep", Duration::from_secs(60), || {
+        match live(server, app).as_slice() {
+            [(id, state)] if state == "standby" => Some(id.clone()),
+            _ => None,
+        }
+    })
+}
+
 fn events(server: &Server, app: &str, kind: &str) -> Vec<String> {
     server.api_get(&format!("/v1/events?app={app}&service=web&limit=1000"))["items"]
         .as_array()
@@ -217,18 +228,22 @@ fn deep_sleep_stops_the_instance_and_a_request_cold_starts_one() {
     );
     let first = live(&server, "deep");
     assert_eq!(first.len(), 1);
-    server.wait_until("deep sleep", Duration::from_secs(60), || {
-        live(&server, "deep").is_empty().then_some(())
-    });
+    // Deep sleep stops the instance and keeps a standby: set up (rootfs,
+    // network), no process.
+    let standby = wait_deep_asleep(&server, "deep");
+    assert_ne!(standby, first[0].0);
     assert!(
         server.runc_containers().is_empty(),
-        "deep sleep stops the container: {:?}",
+        "deep sleep leaves no container running: {:?}",
         server.runc_containers()
     );
     assert_eq!(get(&server, host), (200, "hello from the deep".into()));
-    let now = live(&server, "deep");
-    assert_eq!(now.len(), 1);
-    assert_ne!(now[0].0, first[0].0, "a new instance was started");
+    assert_eq!(
+        live(&server, "deep"),
+        vec![(standby.clone(), "healthy".to_string())]
+    );
+    let history = server.cli_ok(&["instances", "get", &standby]);
+    assert!(history.contains("standby → starting"), "{history}");
     let woke = events(&server, "deep", "woke");
     assert!(woke.iter().any(|m| m.contains("deep")), "{woke:?}");
 }
@@ -281,9 +296,7 @@ fn an_instance_that_dies_while_asleep_is_restarted_by_the_wake_and_a_broken_wake
             ),
         );
     deploy(&server, "doomed", &yaml);
-    server.wait_until("deep sleep", Duration::from_secs(60), || {
-        live(&server, "doomed").is_empty().then_some(())
-    });
+    wait_deep_asleep(&server, "doomed");
     while std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

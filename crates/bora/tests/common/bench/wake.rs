@@ -4,9 +4,10 @@
 //! - Bora: a real `bora server`; two `min: 0` services of the busybox
 //!   `httpd` image, one with `sleep: light`, one with `sleep: deep`, both
 //!   asleep after 1 s idle. Each wake-up waits until the service is asleep
-//!   (light: an instance listed as `sleeping`; deep: no live instance while
-//!   the active deployment is healthy), then times one request through the
-//!   router on a fresh connection.
+//!   (light: an instance listed as `sleeping`; deep: only a `standby`
+//!   instance — set up, not started — while the active deployment is
+//!   healthy), then times one request through the router on a fresh
+//!   connection.
 //! - peer, the floor for a cold start on this machine: the same image
 //!   unpacked into a bundle and started with `runc run` in the host network
 //!   namespace, timed from spawning runc to the first response byte.
@@ -168,7 +169,8 @@ pub fn is_asleep(api: &Api, sleep: Sleep) -> Result<bool, String> {
     Ok(match sleep {
         Sleep::Light => super::count_in_state(&instances, "sleeping") > 0,
         Sleep::Deep => {
-            instances.is_empty()
+            !instances.is_empty()
+                && super::count_in_state(&instances, "standby") == instances.len()
                 && api
                     .active_deployment_status(APP, sleep.service())?
                     .as_deref()
