@@ -254,8 +254,8 @@ fn unless_wake(cmd: Command) -> Option<Command> {
 
 /// Light sleep: freezes the instance, takes it out of the route table, and
 /// waits for a command. A wake thaws it and probes tightly (every
-/// millisecond or so) so the router can forward the held requests the moment
-/// the instance answers.
+/// 2 ms) so the router can forward the held requests the moment the
+/// instance answers.
 async fn asleep(
     ctl: &Arc<Controller>,
     id: &str,
@@ -326,8 +326,8 @@ async fn asleep(
 /// Thaws the instance and probes it until the check passes.
 async fn thaw(ctl: &Controller, id: &str, ip: IpAddr, checks: &Checks) -> Result<(), String> {
     ctl.node.resume(id).await.map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + checks.startup_deadline();
-    let mut pause = Duration::from_micros(500);
+    let started = Instant::now();
+    let deadline = started + checks.startup_deadline();
     loop {
         if let Some(reason) = not_running(ctl, id) {
             return Err(reason);
@@ -345,8 +345,17 @@ async fn thaw(ctl: &Controller, id: &str, ip: IpAddr, checks: &Checks) -> Result
                 humanize(checks.startup_deadline())
             ));
         }
-        sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(50));
+        sleep(probe_pause(started.elapsed())).await;
+    }
+}
+
+/// How long to wait between probes of an instance that is coming up:
+/// tightly at first, where waking and scaling out wait on it.
+fn probe_pause(since_start: Duration) -> Duration {
+    if since_start < Duration::from_secs(3) {
+        Duration::from_millis(2)
+    } else {
+        Duration::from_millis(100)
     }
 }
 
@@ -445,9 +454,9 @@ async fn wait_healthy(
     rx: &mut mpsc::UnboundedReceiver<Command>,
 ) -> Outcome {
     let started = Instant::now();
-    // Tight at first (a cold start waking a service is on the hot path),
-    // backing off to 100 ms.
-    let mut pause = Duration::from_millis(2);
+    // Every 2 ms for the first seconds (a cold start waking a service is
+    // on the hot path, and a refused connection costs microseconds), then
+    // every 100 ms.
     loop {
         if let Ok(cmd) = rx.try_recv() {
             match unless_wake(cmd) {
@@ -477,9 +486,8 @@ async fn wait_healthy(
                 None | Some(Command::Sleep(_)) => {}
                 Some(cmd) => return Outcome::Command(cmd),
             },
-            _ = sleep(pause) => {}
+            _ = sleep(probe_pause(started.elapsed())) => {}
         }
-        pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
 
