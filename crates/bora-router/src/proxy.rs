@@ -31,6 +31,7 @@ use crate::hooks::{Phase, RequestScope};
 use crate::server::ServeTasks;
 use crate::stats::RequestStats;
 use crate::table::{CompiledService, normalize_host};
+use crate::upstream::UpstreamError;
 use crate::{Router, upgrade};
 
 impl Router {
@@ -123,10 +124,7 @@ impl Router {
         headers::strip_hop_by_hop(&mut request_headers, upgrading);
         headers::add_forwarding(&mut request_headers, client.ip().to_canonical(), &host);
         request_headers.insert(X_REQUEST_ID, request_id.clone());
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |path_and_query| path_and_query.as_str());
+        let mut uri = origin_form(&parts.uri);
         let body = BodySlot::new(body);
         // A bodiless GET, HEAD or OPTIONS may be sent again if the instance
         // dropped the connection without answering: it changed nothing.
@@ -137,39 +135,39 @@ impl Router {
 
         // 3. Pick an instance and send; retry once if the connect fails.
         let mut failed: Option<usize> = None;
-        let (mut response, upstream) = loop {
+        let (mut response, conn, index, addr) = loop {
             let (index, lease) = service
                 .pick(failed.as_slice())
                 .ok_or_else(|| no_healthy_instance(&service))?;
             let backend = &service.backends[index];
-            let upstream = Box::new(Upstream {
-                app: service.app.clone(),
-                service: service.service.clone(),
-                instance_id: backend.instance_id.clone(),
-                addr: SocketAddr::new(backend.ip, port),
-            });
-            span.record("instance", &*upstream.instance_id);
+            let addr = SocketAddr::new(backend.ip, port);
+            span.record("instance", &*backend.instance_id);
             scope.enter_instance(lease);
-            scope.update(|info| info.instance_id = Some(upstream.instance_id.clone()));
+            scope.update(|info| info.instance_id = Some(backend.instance_id.clone()));
             scope.phase(Phase::Forwarding);
 
             let may_retry =
                 (failed.is_none() && service.backends.len() > 1) || (replayable && !replayed);
-            let attempt_headers = if may_retry {
-                request_headers.clone()
+            let (attempt_headers, attempt_uri) = if may_retry {
+                (request_headers.clone(), uri.clone())
             } else {
-                std::mem::take(&mut request_headers)
+                (
+                    std::mem::take(&mut request_headers),
+                    std::mem::take(&mut uri),
+                )
             };
             let mut attempt = Request::new(body.body());
             *attempt.method_mut() = parts.method.clone();
-            *attempt.uri_mut() = upstream_uri(&upstream, path_and_query)?;
+            *attempt.uri_mut() = attempt_uri;
             *attempt.version_mut() = Version::HTTP_11;
             *attempt.headers_mut() = attempt_headers;
 
             let timeout = self.config.upstream_header_timeout;
-            match tokio::time::timeout(timeout, self.client.request(attempt)).await {
-                Ok(Ok(response)) => break (response, upstream),
-                Ok(Err(error)) if error.is_connect() => {
+            let sent = self.upstreams.send(addr, attempt, upgrading);
+            match tokio::time::timeout(timeout, sent).await {
+                Ok(Ok((response, conn))) => break (response, conn, index, addr),
+                Ok(Err(UpstreamError::Connect(error))) => {
+                    let upstream = upstream_of(&service, index, addr);
                     let error = connect_error(error, upstream, self.config.connect_timeout);
                     if error.retryable
                         && failed.is_none()
@@ -190,8 +188,11 @@ impl Router {
                     }
                     continue;
                 }
-                Ok(Err(error)) => return Err(upstream_failed(error, upstream)),
+                Ok(Err(error)) => {
+                    return Err(upstream_failed(error, upstream_of(&service, index, addr)));
+                }
                 Err(_elapsed) => {
+                    let upstream = upstream_of(&service, index, addr);
                     return Err(ErrorKind::UpstreamTimeout { upstream, timeout }.into());
                 }
             }
@@ -203,7 +204,7 @@ impl Router {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
                 return Err(ErrorKind::UpstreamFailed {
-                    upstream,
+                    upstream: upstream_of(&service, index, addr),
                     reason: "switched protocols although the request asked for no upgrade".into(),
                     cause: None,
                 }
@@ -224,7 +225,7 @@ impl Router {
             return Ok(Response::from_parts(parts, ProxyBody::empty()));
         }
         headers::strip_hop_by_hop(response.headers_mut(), false);
-        Ok(response.map(|body| ProxyBody::upstream(body, scope.take())))
+        Ok(response.map(|body| ProxyBody::upstream(body, conn, scope.take())))
     }
 
     /// The service serving `host`, from the current table.
@@ -277,22 +278,34 @@ pub(crate) fn no_healthy_instance(service: &CompiledService) -> ProxyError {
     .into()
 }
 
-/// `http://<instance addr><path and query>`.
-fn upstream_uri(upstream: &Upstream, path_and_query: &str) -> Result<Uri, ProxyError> {
-    let uri = format!("http://{}{path_and_query}", upstream.addr);
-    Uri::try_from(uri).map_err(|error| {
-        ErrorKind::Internal(format!("cannot build the upstream URI: {error}")).into()
+/// The request target as instances get it: `/path?query` (the origin
+/// form), also when the client sent an absolute URI.
+fn origin_form(uri: &Uri) -> Uri {
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return uri.clone();
+    }
+    uri.path_and_query()
+        .cloned()
+        .map_or_else(|| Uri::from_static("/"), Uri::from)
+}
+
+/// Backend `index` of `service` at `addr`, for error messages.
+fn upstream_of(service: &CompiledService, index: usize, addr: SocketAddr) -> Box<Upstream> {
+    Box::new(Upstream {
+        app: service.app.clone(),
+        service: service.service.clone(),
+        instance_id: service.backends[index].instance_id.clone(),
+        addr,
     })
 }
 
 /// Classifies a failed connect: timed out (504) or refused/unreachable (502).
 fn connect_error(
-    error: hyper_util::client::legacy::Error,
+    error: io::Error,
     upstream: Box<Upstream>,
     timeout: std::time::Duration,
 ) -> ProxyError {
-    let io_kind = find_cause::<io::Error>(&error).map(io::Error::kind);
-    if io_kind == Some(io::ErrorKind::TimedOut) {
+    if error.kind() == io::ErrorKind::TimedOut {
         return ErrorKind::ConnectTimeout { upstream, timeout }.into();
     }
     ErrorKind::ConnectFailed {
@@ -306,7 +319,7 @@ fn connect_error(
 /// The instance closed (or reset) the connection before any byte of a
 /// response: the one failure after sending that a replayable request may
 /// be retried on.
-fn closed_without_answer(error: &hyper_util::client::legacy::Error) -> bool {
+fn closed_without_answer(error: &UpstreamError) -> bool {
     if let Some(hyper_error) = find_cause::<hyper::Error>(error)
         && hyper_error.is_incomplete_message()
     {
@@ -322,10 +335,7 @@ fn closed_without_answer(error: &hyper_util::client::legacy::Error) -> bool {
 
 /// A failure after the request started: retried only for replayable
 /// requests whose connection closed unanswered (see above).
-fn upstream_failed(
-    error: hyper_util::client::legacy::Error,
-    upstream: Box<Upstream>,
-) -> ProxyError {
+fn upstream_failed(error: UpstreamError, upstream: Box<Upstream>) -> ProxyError {
     ErrorKind::UpstreamFailed {
         upstream,
         reason: describe(&error),
@@ -431,21 +441,10 @@ mod tests {
     }
 
     #[test]
-    fn upstream_uris_bracket_ipv6() {
-        let mut upstream = Upstream {
-            app: "a".into(),
-            service: "s".into(),
-            instance_id: "i".into(),
-            addr: "[::1]:8000".parse().unwrap(),
-        };
-        assert_eq!(
-            upstream_uri(&upstream, "/x?y=1").unwrap().to_string(),
-            "http://[::1]:8000/x?y=1"
-        );
-        upstream.addr = "127.0.0.2:80".parse().unwrap();
-        assert_eq!(
-            upstream_uri(&upstream, "/").unwrap().to_string(),
-            "http://127.0.0.2:80/"
-        );
+    fn instances_get_the_origin_form() {
+        let origin = |uri: &str| origin_form(&uri.parse().unwrap()).to_string();
+        assert_eq!(origin("/x?y=1"), "/x?y=1");
+        assert_eq!(origin("http://web.hello.localhost/x?y=1"), "/x?y=1");
+        assert_eq!(origin("http://web.hello.localhost"), "/");
     }
 }

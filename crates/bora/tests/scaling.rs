@@ -509,3 +509,30 @@ fn cpu_load_measured_from_the_cgroup_scales_a_service_out() {
         "decided on CPU: {up:?}"
     );
 }
+
+#[test]
+fn light_sleep_turns_into_deep_sleep_after_a_second_idle_period() {
+    require_root();
+    let registry = Registry::start();
+    let image = registry.push_hello("dozy", "1", "hello from a dozer");
+    let server = Server::start();
+    deploy(
+        &server,
+        "dozy",
+        &manifest(
+            "dozy",
+            &image,
+            "{ min: 0, max: 1, scale_to_zero_after: 1s, sleep: light, deep_sleep_after: 2s }",
+        ),
+    );
+    let frozen = wait_asleep_light(&server, "dozy");
+    // Two more idle seconds: the frozen instance is stopped, memory freed,
+    // and a standby takes its place.
+    let standby = wait_deep_asleep(&server, "dozy");
+    assert_ne!(standby, frozen);
+    let gone = server.api_get(&format!("/v1/instances/{frozen}"));
+    assert_eq!(gone["state"], "stopped", "{gone}");
+    assert!(gone["reason"].as_str().unwrap().contains("deep_sleep_after"), "{gone}");
+    assert_eq!(get(&server, "web.dozy.localhost"), (200, "hello from a dozer".into()));
+    assert_eq!(live(&server, "dozy"), vec![(standby, "healthy".to_string())]);
+}
