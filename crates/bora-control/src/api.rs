@@ -575,3 +575,33 @@ async fn metrics(State(s): State<ApiState>) -> Result<impl IntoResponse, ApiErro
         text,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_covers_events_and_scaling() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        assert!(
+            doc["paths"]["/v1/events"]["get"].is_object(),
+            "{}",
+            doc["paths"]
+        );
+        let schemas = &doc["components"]["schemas"];
+        for name in [
+            "Event",
+            "ScalingStatus",
+            "ScalingSpec",
+            "ScalingTargets",
+            "SleepMode",
+        ] {
+            assert!(schemas[name].is_object(), "schema {name} missing");
+        }
+        let states = schemas["InstanceState"].to_string();
+        assert!(
+            states.contains("sleeping") && states.contains("standby"),
+            "{states}"
+        );
+    }
+}

@@ -370,3 +370,49 @@ fn memory_use(ctl: &Controller, d: &Deployment, pool: &Pool<'_>) -> Option<f64> 
 fn average(values: &[f64]) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(scaling: serde_json::Value) -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "id": "d1", "app": "a", "service": "s", "version": 1,
+            "spec": {"name": "s", "image": "img", "scaling": scaling},
+            "image_digest": null, "status": "healthy", "reason": null,
+            "created_at": "2026-11-22T00:00:00Z", "updated_at": "2026-11-22T00:00:00Z"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_policy_follows_the_spec() {
+        let d = deployment(serde_json::json!({
+            "min": 0, "max": 7, "scale_to_zero_after": "30s", "stable_window": "2m",
+            "targets": {"concurrency": 20, "cpu": 70, "memory": 50, "p95_latency": "250ms"}
+        }));
+        let p = policy(&d);
+        assert_eq!((p.min, p.max), (0, 7));
+        assert_eq!(p.scale_to_zero_after, Duration::from_secs(30));
+        assert_eq!(p.stable_window, Duration::from_secs(120));
+        assert_eq!(
+            p.panic_window,
+            Duration::from_secs(12),
+            "a tenth of the stable window"
+        );
+        assert_eq!(p.targets.concurrency, Some(20.0));
+        assert_eq!(p.targets.cpu, Some(0.7), "percent becomes a fraction");
+        assert_eq!(p.targets.memory, Some(0.5));
+        assert_eq!(p.targets.requests_per_second, None);
+        assert_eq!(p.targets.p95_latency, Some(Duration::from_millis(250)));
+
+        let short = policy(&deployment(
+            serde_json::json!({"max": 2, "stable_window": "6s"}),
+        ));
+        assert_eq!(
+            short.panic_window,
+            Duration::from_secs(1),
+            "at least a second"
+        );
+    }
+}
