@@ -42,7 +42,6 @@
 //! | `headers` | hop-by-hop stripping, `X-Forwarded-*`, `X-Request-Id` |
 //! | `body` | streaming bodies that end the request when they end |
 //! | `upgrade` | splicing upgraded connections |
-//! | `upstream` | connections to instances, pooled, driven by their request |
 //! | [`error`] | [`ProxyError`] and the one place it becomes a response |
 //! | [`hooks`] | request phases, the seam for custom observers |
 //! | `server` | accepting connections, graceful shutdown |
@@ -61,12 +60,14 @@ mod server;
 pub mod stats;
 pub mod table;
 mod upgrade;
-mod upstream;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub use crate::balance::Balancer;
 pub use crate::error::{ErrorKind, ErrorSource, ProxyError};
@@ -75,9 +76,9 @@ pub use crate::hooks::{NoHooks, Phase, ProxyHooks, RequestInfo};
 pub use crate::stats::{HeldOutcomes, LatencyHistogram, ServiceStats};
 pub use crate::table::{Backend, Route, RouteTable, ServiceRoutes};
 
+use crate::body::RequestBody;
 use crate::metrics::RouterCollector;
 use crate::table::{CompiledTable, InFlightRegistry, Registries, ServiceRegistry};
-use crate::upstream::UpstreamPool;
 
 /// How the router behaves; everything else comes from the route table.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,7 +128,7 @@ pub struct Router {
     in_flight: InFlightRegistry,
     services: ServiceRegistry,
     waker: ArcSwapOption<Arc<dyn Waker>>,
-    upstreams: Arc<UpstreamPool>,
+    client: Client<HttpConnector, RequestBody>,
     hooks: Arc<dyn ProxyHooks>,
 }
 
@@ -149,7 +150,13 @@ impl Router {
     /// Like [`Router::new`], with `hooks` told about every request phase
     /// (this is where metrics plug in).
     pub fn with_hooks(config: RouterConfig, hooks: Arc<dyn ProxyHooks>) -> Arc<Router> {
-        let upstreams = UpstreamPool::new(config.connect_timeout, config.pool_idle_timeout);
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
         Arc::new(Router {
             config,
             table: ArcSwap::from_pointee(CompiledTable::default()),
@@ -157,7 +164,7 @@ impl Router {
             in_flight: InFlightRegistry::default(),
             services: ServiceRegistry::default(),
             waker: ArcSwapOption::empty(),
-            upstreams,
+            client,
             hooks,
         })
     }

@@ -31,7 +31,6 @@ use crate::hooks::{Phase, RequestScope};
 use crate::server::ServeTasks;
 use crate::stats::RequestStats;
 use crate::table::{CompiledService, normalize_host};
-use crate::upstream::UpstreamError;
 use crate::{Router, upgrade};
 
 impl Router {
@@ -124,7 +123,10 @@ impl Router {
         headers::strip_hop_by_hop(&mut request_headers, upgrading);
         headers::add_forwarding(&mut request_headers, client.ip().to_canonical(), &host);
         request_headers.insert(X_REQUEST_ID, request_id.clone());
-        let mut uri = origin_form(&parts.uri);
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |path_and_query| path_and_query.as_str());
         let body = BodySlot::new(body);
         // A bodiless GET, HEAD or OPTIONS may be sent again if the instance
         // dropped the connection without answering: it changed nothing.
@@ -135,39 +137,39 @@ impl Router {
 
         // 3. Pick an instance and send; retry once if the connect fails.
         let mut failed: Option<usize> = None;
-        let (mut response, conn, index, addr) = loop {
+        let (mut response, upstream) = loop {
             let (index, lease) = service
                 .pick(failed.as_slice())
                 .ok_or_else(|| no_healthy_instance(&service))?;
             let backend = &service.backends[index];
-            let addr = SocketAddr::new(backend.ip, port);
-            span.record("instance", &*backend.instance_id);
+            let upstream = Box::new(Upstream {
+                app: service.app.clone(),
+                service: service.service.clone(),
+                instance_id: backend.instance_id.clone(),
+                addr: SocketAddr::new(backend.ip, port),
+            });
+            span.record("instance", &*upstream.instance_id);
             scope.enter_instance(lease);
-            scope.update(|info| info.instance_id = Some(backend.instance_id.clone()));
+            scope.update(|info| info.instance_id = Some(upstream.instance_id.clone()));
             scope.phase(Phase::Forwarding);
 
             let may_retry =
                 (failed.is_none() && service.backends.len() > 1) || (replayable && !replayed);
-            let (attempt_headers, attempt_uri) = if may_retry {
-                (request_headers.clone(), uri.clone())
+            let attempt_headers = if may_retry {
+                request_headers.clone()
             } else {
-                (
-                    std::mem::take(&mut request_headers),
-                    std::mem::take(&mut uri),
-                )
+                std::mem::take(&mut request_headers)
             };
             let mut attempt = Request::new(body.body());
             *attempt.method_mut() = parts.method.clone();
-            *attempt.uri_mut() = attempt_uri;
+            *attempt.uri_mut() = upstream_uri(&upstream, path_and_query)?;
             *attempt.version_mut() = Version::HTTP_11;
             *attempt.headers_mut() = attempt_headers;
 
             let timeout = self.config.upstream_header_timeout;
-            let sent = self.upstreams.send(addr, attempt, upgrading);
-            match tokio::time::timeout(timeout, sent).await {
-                Ok(Ok((response, conn))) => break (response, conn, index, addr),
-                Ok(Err(UpstreamError::Connect(error))) => {
-                    let upstream = upstream_of(&service, index, addr);
+            match tokio::time::timeout(timeout, self.client.request(attempt)).await {
+                Ok(Ok(response)) => break (response, upstream),
+                Ok(Err(error)) if error.is_connect() => {
                     let error = connect_error(error, upstream, self.config.connect_timeout);
                     if error.retryable
                         && failed.is_none()
@@ -188,11 +190,8 @@ impl Router {
                     }
                     continue;
                 }
-                Ok(Err(error)) => {
-                    return Err(upstream_failed(error, upstream_of(&service, index, addr)));
-                }
+                Ok(Err(error)) => return Err(upstream_failed(error, upstream)),
                 Err(_elapsed) => {
-                    let upstream = upstream_of(&service, index, addr);
                     return Err(ErrorKind::UpstreamTimeout { upstream, timeout }.into());
                 }
             }
@@ -204,7 +203,7 @@ impl Router {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
                 return Err(ErrorKind::UpstreamFailed {
-                    upstream: upstream_of(&service, index, addr),
+                    upstream,
                     reason: "switched protocols although the request asked for no upgrade".into(),
                     cause: None,
                 }
@@ -225,7 +224,7 @@ impl Router {
             return Ok(Response::from_parts(parts, ProxyBody::empty()));
         }
         headers::strip_hop_by_hop(response.headers_mut(), false);
-        Ok(response.map(|body| ProxyBody::upstream(body, conn, scope.take())))
+        Ok(response.map(|body| ProxyBody::upstream(body, scope.take())))
     }
 
     /// The service serving `host`, from the current table.
@@ -278,34 +277,22 @@ pub(crate) fn no_healthy_instance(service: &CompiledService) -> ProxyError {
     .into()
 }
 
-/// The request target as instances get it: `/path?query` (the origin
-/// form), also when the client sent an absolute URI.
-fn origin_form(uri: &Uri) -> Uri {
-    if uri.scheme().is_none() && uri.authority().is_none() {
-        return uri.clone();
-    }
-    uri.path_and_query()
-        .cloned()
-        .map_or_else(|| Uri::from_static("/"), Uri::from)
-}
-
-/// Backend `index` of `service` at `addr`, for error messages.
-fn upstream_of(service: &CompiledService, index: usize, addr: SocketAddr) -> Box<Upstream> {
-    Box::new(Upstream {
-        app: service.app.clone(),
-        service: service.service.clone(),
-        instance_id: service.backends[index].instance_id.clone(),
-        addr,
+/// `http://<instance addr><path and query>`.
+fn upstream_uri(upstream: &Upstream, path_and_query: &str) -> Result<Uri, ProxyError> {
+    let uri = format!("http://{}{path_and_query}", upstream.addr);
+    Uri::try_from(uri).map_err(|error| {
+        ErrorKind::Internal(format!("cannot build the upstream URI: {error}")).into()
     })
 }
 
 /// Classifies a failed connect: timed out (504) or refused/unreachable (502).
 fn connect_error(
-    error: io::Error,
+    error: hyper_util::client::legacy::Error,
     upstream: Box<Upstream>,
     timeout: std::time::Duration,
 ) -> ProxyError {
-    if error.kind() == io::ErrorKind::TimedOut {
+    let io_kind = find_cause::<io::Error>(&error).map(io::Error::kind);
+    if io_kind == Some(io::ErrorKind::TimedOut) {
         return ErrorKind::ConnectTimeout { upstream, timeout }.into();
     }
     ErrorKind::ConnectFailed {
@@ -319,7 +306,7 @@ fn connect_error(
 /// The instance closed (or reset) the connection before any byte of a
 /// response: the one failure after sending that a replayable request may
 /// be retried on.
-fn closed_without_answer(error: &UpstreamError) -> bool {
+fn closed_without_answer(error: &hyper_util::client::legacy::Error) -> bool {
     if let Some(hyper_error) = find_cause::<hyper::Error>(error)
         && hyper_error.is_incomplete_message()
     {
@@ -335,7 +322,10 @@ fn closed_without_answer(error: &UpstreamError) -> bool {
 
 /// A failure after the request started: retried only for replayable
 /// requests whose connection closed unanswered (see above).
-fn upstream_failed(error: UpstreamError, upstream: Box<Upstream>) -> ProxyError {
+fn upstream_failed(
+    error: hyper_util::client::legacy::Error,
+    upstream: Box<Upstream>,
+) -> ProxyError {
     ErrorKind::UpstreamFailed {
         upstream,
         reason: describe(&error),
@@ -441,10 +431,21 @@ mod tests {
     }
 
     #[test]
-    fn instances_get_the_origin_form() {
-        let origin = |uri: &str| origin_form(&uri.parse().unwrap()).to_string();
-        assert_eq!(origin("/x?y=1"), "/x?y=1");
-        assert_eq!(origin("http://web.hello.localhost/x?y=1"), "/x?y=1");
-        assert_eq!(origin("http://web.hello.localhost"), "/");
+    fn upstream_uris_bracket_ipv6() {
+        let mut upstream = Upstream {
+            app: "a".into(),
+            service: "s".into(),
+            instance_id: "i".into(),
+            addr: "[::1]:8000".parse().unwrap(),
+        };
+        assert_eq!(
+            upstream_uri(&upstream, "/x?y=1").unwrap().to_string(),
+            "http://[::1]:8000/x?y=1"
+        );
+        upstream.addr = "127.0.0.2:80".parse().unwrap();
+        assert_eq!(
+            upstream_uri(&upstream, "/").unwrap().to_string(),
+            "http://127.0.0.2:80/"
+        );
     }
 }
