@@ -532,7 +532,19 @@ fn light_sleep_turns_into_deep_sleep_after_a_second_idle_period() {
     assert_ne!(standby, frozen);
     let gone = server.api_get(&format!("/v1/instances/{frozen}"));
     assert_eq!(gone["state"], "stopped", "{gone}");
-    assert!(gone["reason"].as_str().unwrap().contains("deep_sleep_after"), "{gone}");
-    assert_eq!(get(&server, "web.dozy.localhost"), (200, "hello from a dozer".into()));
-    assert_eq!(live(&server, "dozy"), vec![(standby, "healthy".to_string())]);
+    assert!(
+        gone["reason"]
+            .as_str()
+            .unwrap()
+            .contains("deep_sleep_after"),
+        "{gone}"
+    );
+    assert_eq!(
+        get(&server, "web.dozy.localhost"),
+        (200, "hello from a dozer".into())
+    );
+    assert_eq!(
+        live(&server, "dozy"),
+        vec![(standby, "healthy".to_string())]
+    );
 }
