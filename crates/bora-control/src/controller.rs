@@ -84,8 +84,10 @@ impl Controller {
             waking: Mutex::new(HashSet::new()),
             metrics: ControlMetrics::default(),
         });
-        ctl.router
-            .set_waker(Arc::new(RouterWaker(Arc::downgrade(&ctl))));
+        ctl.router.set_waker(Arc::new(RouterWaker {
+            controller: Arc::downgrade(&ctl),
+            runtime: tokio::runtime::Handle::try_current().ok(),
+        }));
         ctl
     }
 

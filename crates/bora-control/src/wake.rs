@@ -44,11 +44,17 @@ impl WakeKind {
 
 /// The router's handle on the controller. Weak, because the controller
 /// owns the router.
-pub(crate) struct RouterWaker(pub(crate) Weak<Controller>);
+pub(crate) struct RouterWaker {
+    pub(crate) controller: Weak<Controller>,
+    /// The control plane's runtime. The router calls from its own worker
+    /// threads; the wake must run here, not on the router's event loops.
+    pub(crate) runtime: Option<tokio::runtime::Handle>,
+}
 
 impl bora_router::Waker for RouterWaker {
     fn wake(&self, app: &str, service: &str) {
-        if let Some(ctl) = self.0.upgrade() {
+        if let Some(ctl) = self.controller.upgrade() {
+            let _entered = self.runtime.as_ref().map(|runtime| runtime.enter());
             ctl.wake(app, service);
         }
     }

@@ -65,9 +65,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub use crate::balance::Balancer;
 pub use crate::error::{ErrorKind, ErrorSource, ProxyError};
@@ -76,7 +73,6 @@ pub use crate::hooks::{NoHooks, Phase, ProxyHooks, RequestInfo};
 pub use crate::stats::{HeldOutcomes, LatencyHistogram, ServiceStats};
 pub use crate::table::{Backend, Route, RouteTable, ServiceRoutes};
 
-use crate::body::RequestBody;
 use crate::metrics::RouterCollector;
 use crate::table::{CompiledTable, InFlightRegistry, Registries, ServiceRegistry};
 
@@ -99,12 +95,15 @@ pub struct RouterConfig {
     /// The most requests held at once per sleeping service; more get 503
     /// with `Retry-After` at once.
     pub max_held: usize,
+    /// Worker threads, each with its own event loop, accepting from the
+    /// same socket (like nginx's `worker_processes`); 0: one per CPU.
+    pub workers: usize,
 }
 
 impl RouterConfig {
     /// The defaults for `domain`: connect 2s, response headers 60s, idle
     /// pooled connections 90s, hold up to 1000 requests per sleeping
-    /// service for up to 30s.
+    /// service for up to 30s, one worker thread per CPU.
     pub fn new(domain: impl Into<String>) -> Self {
         Self {
             domain: domain.into(),
@@ -113,6 +112,15 @@ impl RouterConfig {
             pool_idle_timeout: Duration::from_secs(90),
             hold_timeout: Duration::from_secs(30),
             max_held: 1000,
+            workers: 0,
+        }
+    }
+
+    /// The number of worker threads `serve` runs.
+    pub(crate) fn workers(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
         }
     }
 }
@@ -128,7 +136,6 @@ pub struct Router {
     in_flight: InFlightRegistry,
     services: ServiceRegistry,
     waker: ArcSwapOption<Arc<dyn Waker>>,
-    client: Client<HttpConnector, RequestBody>,
     hooks: Arc<dyn ProxyHooks>,
 }
 
@@ -150,13 +157,6 @@ impl Router {
     /// Like [`Router::new`], with `hooks` told about every request phase
     /// (this is where metrics plug in).
     pub fn with_hooks(config: RouterConfig, hooks: Arc<dyn ProxyHooks>) -> Arc<Router> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         Arc::new(Router {
             config,
             table: ArcSwap::from_pointee(CompiledTable::default()),
@@ -164,7 +164,6 @@ impl Router {
             in_flight: InFlightRegistry::default(),
             services: ServiceRegistry::default(),
             waker: ArcSwapOption::empty(),
-            client,
             hooks,
         })
     }
@@ -252,7 +251,8 @@ impl Router {
         self.in_flight.get(instance_id)
     }
 
-    /// Serves clients on `listener` until `shutdown` resolves, then shuts
+    /// Serves clients on `listener` from [`RouterConfig::workers`] threads
+    /// of its own (see `server`) until `shutdown` resolves, then shuts
     /// down gracefully: stops accepting, closes idle connections, lets
     /// requests and upgraded connections in progress finish, and returns
     /// when they have. To bound the wait, wrap the call in a timeout:

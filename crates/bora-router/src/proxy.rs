@@ -167,7 +167,7 @@ impl Router {
             *attempt.headers_mut() = attempt_headers;
 
             let timeout = self.config.upstream_header_timeout;
-            match tokio::time::timeout(timeout, self.client.request(attempt)).await {
+            match tokio::time::timeout(timeout, tasks.client.request(attempt)).await {
                 Ok(Ok(response)) => break (response, upstream),
                 Ok(Err(error)) if error.is_connect() => {
                     let error = connect_error(error, upstream, self.config.connect_timeout);

@@ -1,13 +1,24 @@
 //! Accepting client connections and shutting down gracefully.
 //!
-//! Each accepted connection runs on its own task as an HTTP/1.1 connection
-//! with upgrades enabled. All connection and tunnel tasks of one `serve`
-//! call are tracked, so shutdown can wait for them:
+//! The router runs like nginx: a fixed number of worker threads (one per
+//! CPU by default), each with its own single-threaded tokio runtime, all
+//! accepting from the same listening socket. A connection lives on the
+//! worker that accepted it — its requests, the upstream connections they
+//! use (each worker has its own pool) and its tunnels — so the hot path
+//! never hands work between threads: no work stealing, no cross-thread
+//! wake-ups, no contended locks. Shared state (the route table, counters)
+//! is read lock-free.
 //!
-//! 1. the shutdown future resolves: stop accepting, drop the listener;
+//! Each accepted connection runs on its own task as an HTTP/1.1 connection
+//! with upgrades enabled. All connection and tunnel tasks are tracked, so
+//! shutdown can wait for them:
+//!
+//! 1. the shutdown future resolves: every worker stops accepting, and the
+//!    listener closes;
 //! 2. every connection is told to shut down gracefully: idle keep-alive
 //!    connections close now, busy ones after their current response;
-//! 3. wait for all tracked tasks, upgraded tunnels included.
+//! 3. wait for all tracked tasks, upgraded tunnels included, then the
+//!    workers end.
 //!
 //! If the `serve` future is dropped instead (say, by a timeout around it),
 //! the remaining connections and tunnels are cut.
@@ -22,12 +33,16 @@ use hyper::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::Router;
+use crate::body::RequestBody;
 
 /// How long a client may take to send request headers, and how long an idle
 /// keep-alive connection stays open.
@@ -37,8 +52,12 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// The tasks of one `serve` call, shared with request handlers so they can
-/// spawn tunnels that shutdown waits for.
+/// The HTTP client one worker forwards with. Its pooled connections belong
+/// to that worker's runtime.
+pub(crate) type UpstreamClient = Client<HttpConnector, RequestBody>;
+
+/// The tasks of one worker, shared with request handlers so they can spawn
+/// tunnels that shutdown waits for.
 pub(crate) struct ServeTasks {
     /// Tracks connection and tunnel tasks.
     pub(crate) tracker: TaskTracker,
@@ -46,6 +65,8 @@ pub(crate) struct ServeTasks {
     pub(crate) stop: CancellationToken,
     /// Cancelled when shutdown starts: finish what is in progress.
     drain: CancellationToken,
+    /// This worker's connections to instances.
+    pub(crate) client: UpstreamClient,
 }
 
 pub(crate) async fn serve(
@@ -53,27 +74,75 @@ pub(crate) async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let stop = CancellationToken::new();
+    let drain = CancellationToken::new();
+    // Cut remaining connections if this future is dropped mid-way.
+    let _cut_on_drop = stop.clone().drop_guard();
+    let addr = listener.local_addr()?;
+    let listener = listener.into_std()?;
+    let workers = router.config.workers();
+
+    let mut finished = Vec::with_capacity(workers);
+    for index in 0..workers {
+        let listener = listener.try_clone()?;
+        let (router, stop, drain) = (router.clone(), stop.clone(), drain.clone());
+        let (done, finished_rx) = oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name(format!("bora-router-{index}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => worker(router, listener, stop, drain).await,
+                        Err(error) => tracing::error!(%error, "router worker cannot listen"),
+                    }
+                });
+                let _ = done.send(());
+            })?;
+        finished.push(finished_rx);
+    }
+    // The workers hold their own handles on the socket.
+    drop(listener);
+    tracing::info!(%addr, workers, domain = %router.config.domain, "router listening");
+
+    shutdown.await;
+    tracing::info!("router shutting down: waiting for requests in progress");
+    drain.cancel();
+    for worker in finished {
+        let _ = worker.await;
+    }
+    tracing::info!("router stopped");
+    Ok(())
+}
+
+/// One worker: accepts and serves connections on its own runtime until
+/// `drain` (finish what is open) or `stop` (cut it).
+async fn worker(
+    router: Arc<Router>,
+    listener: TcpListener,
+    stop: CancellationToken,
+    drain: CancellationToken,
+) {
     let tasks = Arc::new(ServeTasks {
         tracker: TaskTracker::new(),
-        stop: CancellationToken::new(),
-        drain: CancellationToken::new(),
+        stop,
+        drain,
+        client: upstream_client(&router),
     });
-    // Cut remaining connections if this future is dropped mid-way.
-    let _cut_on_drop = tasks.stop.clone().drop_guard();
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, domain = %router.config.domain, "router listening");
-    }
-
-    let mut shutdown = pin!(shutdown);
     loop {
         tokio::select! {
-            () = &mut shutdown => break,
+            () = tasks.drain.cancelled() => break,
+            () = tasks.stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, client)) => {
                     let router = router.clone();
                     let conn_tasks = tasks.clone();
                     tasks.tracker.spawn(serve_connection(router, stream, client, conn_tasks));
                 }
+                // Another worker took it.
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(error) => {
                     tracing::warn!(%error, "accepting a connection failed");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
@@ -81,17 +150,23 @@ pub(crate) async fn serve(
             },
         }
     }
-
     drop(listener);
-    tracing::info!(
-        open = tasks.tracker.len(),
-        "router shutting down: waiting for requests in progress"
-    );
-    tasks.drain.cancel();
     tasks.tracker.close();
-    tasks.tracker.wait().await;
-    tracing::info!("router stopped");
-    Ok(())
+    tokio::select! {
+        () = tasks.tracker.wait() => {}
+        () = tasks.stop.cancelled() => {}
+    }
+}
+
+/// A keep-alive HTTP/1.1 client for one worker.
+fn upstream_client(router: &Router) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(router.config.connect_timeout));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(router.config.pool_idle_timeout)
+        .pool_timer(TokioTimer::new())
+        .build(connector)
 }
 
 /// Serves one client connection until it closes or the server stops.

@@ -222,7 +222,9 @@ pub fn ratio(a: Duration, b: Duration) -> f64 {
 /// A latency, in the unit that reads best.
 pub fn fmt_duration(d: Duration) -> String {
     let us = d.as_secs_f64() * 1e6;
-    if us < 1000.0 {
+    if us < 100.0 {
+        format!("{us:.1} µs")
+    } else if us < 1000.0 {
         format!("{us:.0} µs")
     } else if us < 1e6 {
         format!("{:.2} ms", us / 1e3)
@@ -420,6 +422,22 @@ pub struct Nginx {
 }
 
 impl Nginx {
+    /// CPU time the nginx processes (master and workers) used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let master = self.child.id();
+        let mut total = process_cpu(&format!("/proc/{master}/stat"));
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return total;
+        };
+        for entry in entries.flatten() {
+            let stat = entry.path().join("stat");
+            if stat_field(&stat, 1) == Some(u64::from(master)) {
+                total += process_cpu(&stat.display().to_string());
+            }
+        }
+        total
+    }
+
     /// nginx answering every request with a tiny static 200 (`ok\n`).
     pub fn backend(workers: usize) -> Nginx {
         Nginx::start(workers, |port| {
@@ -783,4 +801,37 @@ impl super::Registry {
         );
         reference
     }
+}
+
+/// Field `index` after the command name of a `/proc/…/stat` file (0 is the
+/// state, 1 the parent pid, 11 utime, 12 stime), as a number.
+fn stat_field(path: &std::path::Path, index: usize) -> Option<u64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(index)?.parse().ok()
+}
+
+/// User plus system CPU time of the process or thread whose `stat` file is
+/// `path` (zero if it is gone).
+pub fn process_cpu(path: &str) -> Duration {
+    let path = std::path::Path::new(path);
+    let ticks = stat_field(path, 11).unwrap_or(0) + stat_field(path, 12).unwrap_or(0);
+    // The kernel counts in clock ticks, USER_HZ = 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+/// CPU time used so far by this process's threads whose name starts with
+/// `prefix` (e.g. the router's `bora-router-` workers).
+pub fn threads_cpu(prefix: &str) -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    tasks
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|name| name.starts_with(prefix))
+        })
+        .map(|task| process_cpu(&task.path().join("stat").display().to_string()))
+        .sum()
 }

@@ -4,8 +4,8 @@
 //! - backend: nginx answering a tiny static 200 on loopback;
 //! - peer: a second nginx proxying to it with keep-alive upstream
 //!   connections (`keepalive 64`, HTTP/1.1, `Connection ""`);
-//! - Bora: `bora_router::Router` in this process, on a tokio runtime with
-//!   as many worker threads as nginx has workers, with a route table whose
+//! - Bora: `bora_router::Router` in this process, with as many worker
+//!   threads as nginx has worker processes, with a route table whose
 //!   one service has the backend as its instance.
 //!
 //! Two load shapes, each run against every target in turn (direct, nginx,
@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use bora_router::{Backend, Route, RouteTable, Router, RouterConfig, ServiceRoutes};
 
-use super::{Args, Load, Nginx, Table, WrkResult, fmt_delta, fmt_duration, fmt_ratio, wrk};
+use super::{Args, Load, Nginx, Table, fmt_delta, fmt_duration, fmt_ratio, threads_cpu, wrk};
 
 /// The service Bora routes to: `web.bench.localhost`.
 pub const HOST: &str = "web.bench.localhost";
@@ -111,10 +111,13 @@ pub struct TargetResult {
     pub p50: Duration,
     pub p99: Duration,
     pub errors: u64,
+    /// The server's CPU time (user + system) per request: the backend's
+    /// for direct, the proxy's alone for nginx and Bora.
+    pub cpu_per_request: Duration,
 }
 
 impl TargetResult {
-    fn average(runs: &[WrkResult]) -> TargetResult {
+    fn average(runs: &[TargetResult]) -> TargetResult {
         let n = runs.len().max(1) as u32;
         TargetResult {
             requests: runs.iter().map(|r| r.requests).sum(),
@@ -122,6 +125,7 @@ impl TargetResult {
             p50: runs.iter().map(|r| r.p50).sum::<Duration>() / n,
             p99: runs.iter().map(|r| r.p99).sum::<Duration>() / n,
             errors: runs.iter().map(|r| r.errors).sum(),
+            cpu_per_request: runs.iter().map(|r| r.cpu_per_request).sum::<Duration>() / n,
         }
     }
 }
@@ -153,6 +157,7 @@ impl Targets {
                 "p99",
                 "added p50",
                 "added p99",
+                "CPU/request",
                 "errors",
             ],
         );
@@ -175,6 +180,7 @@ impl Targets {
                 fmt_duration(r.p99),
                 added(r.p50, self.direct.p50),
                 added(r.p99, self.direct.p99),
+                fmt_duration(r.cpu_per_request),
                 r.errors.to_string(),
             ]);
         }
@@ -230,6 +236,15 @@ impl RouterReport {
             fmt_ratio(self.throughput_ratio()),
         ]);
         summary.row(vec![
+            format!("proxy CPU per request, {c} connections"),
+            fmt_duration(t.bora.cpu_per_request),
+            fmt_duration(t.nginx.cpu_per_request),
+            fmt_ratio(super::ratio(
+                t.bora.cpu_per_request,
+                t.nginx.cpu_per_request,
+            )),
+        ]);
+        summary.row(vec![
             format!("p99, {c} connections"),
             fmt_duration(t.bora.p99),
             fmt_duration(t.nginx.p99),
@@ -269,8 +284,8 @@ impl std::fmt::Display for RouterReport {
     }
 }
 
-/// Bora's router serving on a loopback port from its own multi-thread
-/// runtime; stopped when dropped.
+/// Bora's router serving on a loopback port with `workers` worker threads;
+/// stopped when dropped.
 pub struct BoraRouter {
     pub addr: SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -281,13 +296,17 @@ impl BoraRouter {
     /// Routes `HOST` to `backend` (an instance at the backend's IP, the
     /// route port being the backend's port).
     pub fn start(workers: usize, backend: SocketAddr) -> BoraRouter {
+        // The router runs its own worker threads; this runtime only waits
+        // for the shutdown signal.
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers.max(1))
-            .thread_name("bench-router")
+            .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
-        let router = Router::new(RouterConfig::new("localhost"));
+        let router = Router::new(RouterConfig {
+            workers: workers.max(1),
+            ..RouterConfig::new("localhost")
+        });
         router.set_table(RouteTable {
             services: vec![ServiceRoutes {
                 app: "bench".into(),
@@ -367,10 +386,17 @@ pub fn run(params: &RouterParams) -> RouterReport {
     }
     let mut results = Vec::new();
     for (shape, load) in shapes {
-        let mut runs: [Vec<WrkResult>; 3] = Default::default();
+        let mut runs: [Vec<TargetResult>; 3] = Default::default();
+        let cpu = |i: usize| match i {
+            0 => backend.cpu_time(),
+            1 => nginx.cpu_time(),
+            _ => threads_cpu("bora-router-"),
+        };
         for round in 1..=params.rounds.max(1) {
             for (i, (name, addr)) in targets.iter().enumerate() {
+                let cpu_before = cpu(i);
                 let r = wrk(*addr, HOST, load);
+                let cpu_used = cpu(i).saturating_sub(cpu_before);
                 eprintln!(
                     "router bench: {shape} round {round} {name}: {:.0} req/s, p50 {}, p99 {}, {} errors",
                     r.requests_per_sec,
@@ -378,7 +404,15 @@ pub fn run(params: &RouterParams) -> RouterReport {
                     fmt_duration(r.p99),
                     r.errors
                 );
-                runs[i].push(r);
+                runs[i].push(TargetResult {
+                    requests: r.requests,
+                    requests_per_sec: r.requests_per_sec,
+                    p50: r.p50,
+                    p99: r.p99,
+                    errors: r.errors,
+                    cpu_per_request: cpu_used
+                        / u32::try_from(r.requests.max(1)).unwrap_or(u32::MAX),
+                });
             }
         }
         results.push(Targets {
