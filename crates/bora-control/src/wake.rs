@@ -175,6 +175,15 @@ impl Controller {
             let i = self.store.get_instance(&id).map_err(fail)?;
             match i.state {
                 InstanceState::Healthy => return Ok(WakeKind::Deep),
+                // A standby that was still being set up when the request
+                // came: it waits for exactly this command.
+                InstanceState::Standby => {
+                    if let Err(reason) = self.wake_instance(&id).await {
+                        last_error = Some(reason);
+                        waiting_for = None;
+                        continue;
+                    }
+                }
                 InstanceState::Failed | InstanceState::Stopped => {
                     if !i.reason.starts_with(LOST) {
                         last_error =

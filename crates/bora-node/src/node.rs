@@ -101,6 +101,8 @@ pub struct Node {
 }
 
 const DESTROYED: &str = "destroyed";
+/// Marks an instance whose container is created, waiting for `start`.
+const CREATED: &str = "created";
 
 impl Node {
     pub fn new(config: NodeConfig) -> Result<Self, NodeError> {
@@ -164,20 +166,36 @@ impl Node {
     }
 
     /// Sets an instance up without starting it: rootfs mounted, network
-    /// attached, bundle written. [`Node::launch`] then starts it in the time
-    /// it takes the runtime to start a container: this is how a service in
-    /// deep sleep keeps a *standby* instance that costs no process and no
-    /// memory but wakes fast. On failure, whatever was set up is torn down.
+    /// attached, bundle written, and for runc the container created (`runc
+    /// create`: namespaces, cgroup, mounts, its first process waiting to
+    /// exec the entrypoint). [`Node::launch`] then starts it in the time it
+    /// takes to exec the entrypoint: this is how a service in deep sleep
+    /// keeps a *standby* instance that runs none of the service's code and
+    /// holds none of its memory (only runc's waiting init, a few MiB), but
+    /// wakes fast. On failure, whatever was set up is torn down.
     pub async fn prepare(&self, spec: &InstanceSpec) -> Result<IpAddr, NodeError> {
-        let prepared = self.try_prepare(spec).await;
-        self.or_destroy(&spec.id, prepared).await
+        let prepared = async {
+            let ip = self.try_prepare(spec).await?;
+            if spec.isolation == Isolation::Container {
+                self.try_create(&spec.id).await?;
+            }
+            Ok(ip)
+        };
+        self.or_destroy(&spec.id, prepared.await).await
     }
 
     /// Starts a prepared instance's container, without waiting for it:
     /// readiness is the health check's business, and [`Node::status`]
     /// reports an early exit.
     pub async fn launch(&self, id: &str) -> Result<(), NodeError> {
-        let launched = self.try_launch(id).await;
+        let created = self.dir(id).join(CREATED);
+        let launched = if created.exists() {
+            let _ = std::fs::remove_file(&created);
+            let isolation = self.record(id).map(|r| r.isolation).unwrap_or_default();
+            self.runtime(isolation).start(id).await
+        } else {
+            self.try_launch(id).await
+        };
         self.or_destroy(id, launched).await
     }
 
@@ -197,6 +215,7 @@ impl Node {
         let rootfs = bundle_dir.join("rootfs");
         std::fs::create_dir_all(&bundle_dir).map_err(|e| NodeError::io(&bundle_dir, e))?;
         let _ = std::fs::remove_file(dir.join(DESTROYED));
+        let _ = std::fs::remove_file(dir.join(CREATED));
         let _ = std::fs::remove_file(shim::exit_path(&dir));
         let mut record = InstanceRecord {
             id: id.clone(),
@@ -289,6 +308,46 @@ impl Node {
         Ok(ip)
     }
 
+    /// Creates the prepared container under a shim (see [`Node::prepare`])
+    /// and waits until the runtime reports it `created`.
+    async fn try_create(&self, id: &str) -> Result<(), NodeError> {
+        let dir = self.dir(id);
+        let runtime = self.runtime(Isolation::Container);
+        std::fs::create_dir_all(&runtime.root).map_err(|e| NodeError::io(&runtime.root, e))?;
+        let pid_file = dir.join("container.pid");
+        let _ = std::fs::remove_file(&pid_file);
+        let argv = runtime.create_argv(id, &dir.join("bundle"), &pid_file);
+        self.spawn_shim(id, &argv, Some(&pid_file))?;
+        let deadline = Instant::now() + self.config.start_timeout;
+        loop {
+            if let Some(exit) = shim::read_exit(&dir) {
+                return Err(NodeError::Start {
+                    instance: id.to_string(),
+                    detail: format!(
+                        "creating the container failed: {}{}",
+                        describe_exit(&exit),
+                        self.last_output_suffix(id)
+                    ),
+                });
+            }
+            if pid_file.exists() && runtime.state(id).await?.as_deref() == Some("created") {
+                let path = dir.join(CREATED);
+                return std::fs::write(&path, b"").map_err(|e| NodeError::io(&path, e));
+            }
+            if Instant::now() > deadline {
+                return Err(NodeError::Start {
+                    instance: id.to_string(),
+                    detail: format!(
+                        "the container was not created within {:?}{}",
+                        self.config.start_timeout,
+                        self.last_output_suffix(id)
+                    ),
+                });
+            }
+            sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     async fn try_launch(&self, id: &str) -> Result<(), NodeError> {
         let dir = self.dir(id);
         let bundle_dir = dir.join("bundle");
@@ -304,14 +363,29 @@ impl Node {
         let runtime = self.runtime(isolation);
         std::fs::create_dir_all(&runtime.root).map_err(|e| NodeError::io(&runtime.root, e))?;
         let argv = runtime.run_argv(id, &bundle_dir, &netns);
+        self.spawn_shim(id, &argv, None)
+    }
+
+    /// Starts `bora shim` for instance `id` running `argv` (see
+    /// [`shim::run`]), and reaps it when it ends.
+    fn spawn_shim(
+        &self,
+        id: &str,
+        argv: &[String],
+        created: Option<&Path>,
+    ) -> Result<(), NodeError> {
+        let dir = self.dir(id);
         let mut shim = tokio::process::Command::new(&self.config.shim_exe);
         shim.arg("shim")
             .arg("--dir")
             .arg(&dir)
             .arg("--max-log-bytes")
-            .arg(self.config.log_max_bytes.to_string())
-            .arg("--")
-            .args(&argv)
+            .arg(self.config.log_max_bytes.to_string());
+        if let Some(pid_file) = created {
+            shim.arg("--created").arg(pid_file);
+        }
+        shim.arg("--")
+            .args(argv)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());

@@ -82,6 +82,36 @@ impl Runtime {
         argv
     }
 
+    /// The command line that creates container `id` without starting it:
+    /// the runtime sets everything up, leaves the container's first process
+    /// waiting for [`Runtime::start`], writes its pid to `pid_file` and
+    /// exits. Only for `isolation: container` (runc): gVisor instances are
+    /// always `run`.
+    pub fn create_argv(&self, id: &str, bundle: &Path, pid_file: &Path) -> Vec<String> {
+        let mut argv = self.base();
+        argv.extend([
+            "create".into(),
+            "--bundle".into(),
+            bundle.display().to_string(),
+            "--pid-file".into(),
+            pid_file.display().to_string(),
+            id.to_string(),
+        ]);
+        argv
+    }
+
+    /// Starts a created container's process.
+    pub async fn start(&self, id: &str) -> Result<(), NodeError> {
+        let out = self.exec(id, &["start", id]).await?;
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(NodeError::Command {
+            command: format!("{} start {id}", self.binary.display()),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+
     /// Runs a runtime subcommand about container `id`.
     ///
     /// gVisor's sandbox answers on an abstract unix socket, which lives in
@@ -220,6 +250,20 @@ mod tests {
             Isolation::Container,
             &RuntimeBinaries::default(),
             Path::new("/d/rt"),
+        );
+        assert_eq!(
+            rt.create_argv("i1", Path::new("/b"), Path::new("/d/i1/container.pid")),
+            [
+                "runc",
+                "--root",
+                "/d/rt/container",
+                "create",
+                "--bundle",
+                "/b",
+                "--pid-file",
+                "/d/i1/container.pid",
+                "i1"
+            ]
         );
         let argv = rt.run_argv("i1", Path::new("/b"), Path::new("/n"));
         assert_eq!(

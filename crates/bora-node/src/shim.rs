@@ -105,6 +105,28 @@ fn pump(pipe: impl Read, stream: LogStream, writer: Arc<Mutex<LogWriter>>) {
     }
 }
 
+/// Waits for the created container's first process (its pid in
+/// `pid_file`), which this shim, a subreaper, inherited when the runtime
+/// exited. Other orphans that land here are reaped and ignored.
+fn wait_created(pid_file: &Path) -> std::io::Result<(Option<i32>, Option<i32>)> {
+    use nix::sys::wait::{WaitStatus, waitpid};
+    let pid = fs::read_to_string(pid_file)?
+        .trim()
+        .parse::<i32>()
+        .map_err(|e| std::io::Error::other(format!("bad pid in {}: {e}", pid_file.display())))?;
+    loop {
+        match waitpid(None, None) {
+            Ok(WaitStatus::Exited(p, code)) if p.as_raw() == pid => return Ok((Some(code), None)),
+            Ok(WaitStatus::Signaled(p, signal, _)) if p.as_raw() == pid => {
+                return Ok((None, Some(signal as i32)));
+            }
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(std::io::Error::other(format!("waiting for pid {pid}: {e}"))),
+        }
+    }
+}
+
 pub fn exit_path(dir: &Path) -> PathBuf {
     dir.join("exit.json")
 }
@@ -120,7 +142,14 @@ pub fn read_exit(dir: &Path) -> Option<ExitStatus> {
 
 /// The shim's main: runs `argv` in `dir`, logs into `dir/logs`, records the
 /// exit. Returns the shim's own exit code.
-pub fn run(dir: &Path, argv: &[String], max_log_bytes: u64) -> i32 {
+///
+/// With `created` (a pid file), `argv` is a runtime's `create`: it sets the
+/// container up and exits, leaving the container's first process waiting
+/// for `start` and writing its pid into that file. The shim makes itself a
+/// child subreaper first, so that process becomes its child once the
+/// runtime exits, and records *its* exit instead of the runtime's: the
+/// container then logs and ends exactly as if it had been `run`.
+pub fn run(dir: &Path, argv: &[String], max_log_bytes: u64, created: Option<&Path>) -> i32 {
     // Our own session: no terminal signals, no dying with the server.
     let _ = nix::unistd::setsid();
     let _ = fs::write(pid_path(dir), std::process::id().to_string());
@@ -135,6 +164,12 @@ pub fn run(dir: &Path, argv: &[String], max_log_bytes: u64) -> i32 {
         eprintln!("bora shim: no command to run");
         return 2;
     };
+    if created.is_some()
+        && let Err(e) = nix::sys::prctl::set_child_subreaper(true)
+    {
+        eprintln!("bora shim: cannot become a child subreaper: {e}");
+        return 1;
+    }
     let status = Command::new(program)
         .args(args)
         .current_dir(dir)
@@ -148,20 +183,25 @@ pub fn run(dir: &Path, argv: &[String], max_log_bytes: u64) -> i32 {
             let (w1, w2) = (writer.clone(), writer.clone());
             let t1 = std::thread::spawn(move || pump(out, LogStream::Stdout, w1));
             let t2 = std::thread::spawn(move || pump(err, LogStream::Stderr, w2));
-            let status = child.wait();
+            let status = child.wait().map(|s| {
+                use std::os::unix::process::ExitStatusExt;
+                (s.code(), s.signal())
+            });
+            let status = match (status, created) {
+                (Ok((Some(0), _)), Some(pid_file)) => wait_created(pid_file),
+                (status, _) => status,
+            };
+            // The pumps end when the last writer of the pipes is gone.
             let _ = t1.join();
             let _ = t2.join();
             status
         });
     let exit = match status {
-        Ok(s) => {
-            use std::os::unix::process::ExitStatusExt;
-            ExitStatus {
-                code: s.code(),
-                signal: s.signal(),
-                at: Utc::now(),
-            }
-        }
+        Ok((code, signal)) => ExitStatus {
+            code,
+            signal,
+            at: Utc::now(),
+        },
         Err(e) => {
             if let Ok(mut w) = writer.lock() {
                 w.write(

@@ -121,6 +121,10 @@ struct ShimArgs {
     dir: PathBuf,
     #[arg(long, default_value_t = 10 * 1024 * 1024)]
     max_log_bytes: u64,
+    /// The command is a runtime's `create`: wait for the container process
+    /// whose pid it writes to this file.
+    #[arg(long)]
+    created: Option<PathBuf>,
     #[arg(last = true, required = true)]
     argv: Vec<String>,
 }
@@ -129,9 +133,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         // The shim stays small: no async runtime, no logging setup.
-        Command::Shim(args) => {
-            ExitCode::from(bora_node::shim::run(&args.dir, &args.argv, args.max_log_bytes) as u8)
-        }
+        Command::Shim(args) => ExitCode::from(bora_node::shim::run(
+            &args.dir,
+            &args.argv,
+            args.max_log_bytes,
+            args.created.as_deref(),
+        ) as u8),
         Command::Server(args) => {
             init_tracing();
             match runtime().block_on(server(cli.global.data_dir, args)) {

@@ -229,15 +229,19 @@ fn deep_sleep_stops_the_instance_and_a_request_cold_starts_one() {
     let first = live(&server, "deep");
     assert_eq!(first.len(), 1);
     // Deep sleep stops the instance and keeps a standby: set up (rootfs,
-    // network), no process.
+    // network, a created container), none of the service's processes.
     let standby = wait_deep_asleep(&server, "deep");
     assert_ne!(standby, first[0].0);
-    assert!(
-        server.runc_containers().is_empty(),
-        "deep sleep leaves no container running: {:?}",
-        server.runc_containers()
+    assert_eq!(
+        server.runc_container_states(),
+        vec![(standby.clone(), "created".to_string())],
+        "deep sleep leaves only the standby's created container"
     );
     assert_eq!(get(&server, host), (200, "hello from the deep".into()));
+    assert_eq!(
+        server.runc_container_states(),
+        vec![(standby.clone(), "running".to_string())]
+    );
     assert_eq!(
         live(&server, "deep"),
         vec![(standby.clone(), "healthy".to_string())]

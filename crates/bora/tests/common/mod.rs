@@ -336,6 +336,28 @@ impl Server {
     }
 
     /// Ids of the runc containers this server's node runs.
+    /// The runc containers of this server's data dir with their status
+    /// (`created`, `running`, `paused`, `stopped`).
+    pub fn runc_container_states(&self) -> Vec<(String, String)> {
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(self.data_dir.join("runtime/container"))
+            .args(["list", "--format", "json"])
+            .output()
+            .unwrap();
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                (
+                    c["id"].as_str().unwrap_or_default().to_string(),
+                    c["status"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+
     pub fn runc_containers(&self) -> Vec<String> {
         let out = Command::new("runc")
             .arg("--root")
