@@ -6,6 +6,7 @@
 //!   and the CLI never disagree.
 //! - [`resources`]: what Bora reports back (apps, services, deployments,
 //!   instances, secrets), with their state machines.
+//! - [`sandbox`]: sandboxes for AI agents, their requests and states.
 //! - [`duration`]: durations written as `30s`, `5m`.
 //! - [`names`]: the rules for names (DNS labels), as pure functions.
 //! - [`error`]: the error body every API error uses.
@@ -14,9 +15,11 @@ pub mod duration;
 pub mod error;
 pub mod names;
 pub mod resources;
+pub mod sandbox;
 pub mod spec;
 
 pub use duration::Duration;
 pub use error::{ApiErrorBody, ErrorCode};
 pub use resources::*;
+pub use sandbox::*;
 pub use spec::*;

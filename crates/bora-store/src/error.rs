@@ -27,6 +27,8 @@ pub enum StoreError {
     Key { path: String, detail: String },
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("cannot encode or decode a stored value as JSON: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
 impl StoreError {

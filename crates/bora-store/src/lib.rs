@@ -17,10 +17,13 @@ pub use crypto::SecretCipher;
 pub use error::StoreError;
 pub use sqlite::SqliteStore;
 
+use std::collections::BTreeMap;
+
 use bora_api::{
-    App, Deployment, DeploymentStatus, Event, Instance, InstanceState, ScalingStatus, Secret,
-    Service, ServiceSpec,
+    App, Deployment, DeploymentStatus, Event, Instance, InstanceState, Isolation, Sandbox,
+    SandboxResources, SandboxState, ScalingStatus, Secret, Service, ServiceSpec,
 };
+use chrono::{DateTime, Utc};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -52,6 +55,22 @@ pub struct EventFilter<'a> {
     pub after: Option<i64>,
     /// At most this many (the newest); 100 when 0.
     pub limit: usize,
+}
+
+/// A sandbox to record, as the control plane resolved it.
+#[derive(Debug, Clone)]
+pub struct NewSandboxRecord {
+    pub id: String,
+    pub template: String,
+    pub image: String,
+    pub isolation: Isolation,
+    pub resources: SandboxResources,
+    pub metadata: BTreeMap<String, String>,
+    pub allow_out: Vec<String>,
+    pub end_at: DateTime<Utc>,
+    /// Sealed at rest with the secrets' key, as are `env`.
+    pub envd_access_token: String,
+    pub env: BTreeMap<String, String>,
 }
 
 /// How many events are kept per service; older ones are pruned.
@@ -106,6 +125,20 @@ pub trait Store: Send + Sync + 'static {
     /// Oldest first, without history.
     fn list_instances(&self, filter: &InstanceFilter<'_>) -> Result<Vec<Instance>>;
     fn delete_instance(&self, id: &str) -> Result<()>;
+
+    /// Records a new sandbox in state `starting`.
+    fn create_sandbox(&self, new: &NewSandboxRecord) -> Result<Sandbox>;
+    fn get_sandbox(&self, id: &str) -> Result<Sandbox>;
+    /// Oldest first; with `include_final`, killed, timed-out and failed
+    /// ones too.
+    fn list_sandboxes(&self, include_final: bool) -> Result<Vec<Sandbox>>;
+    fn set_sandbox_state(&self, id: &str, state: SandboxState, reason: &str) -> Result<Sandbox>;
+    fn set_sandbox_ip(&self, id: &str, ip: Option<&str>) -> Result<()>;
+    fn set_sandbox_end_at(&self, id: &str, end_at: DateTime<Utc>) -> Result<Sandbox>;
+    /// The environment variables a sandbox was created with (decrypted).
+    fn sandbox_env(&self, id: &str) -> Result<BTreeMap<String, String>>;
+    /// Forgets sandboxes that ended before `before`.
+    fn prune_sandboxes(&self, before: DateTime<Utc>) -> Result<usize>;
 
     fn create_secret(&self, name: &str, value: &str) -> Result<Secret>;
     fn update_secret(&self, name: &str, value: &str) -> Result<Secret>;

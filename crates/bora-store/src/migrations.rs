@@ -79,4 +79,26 @@ CREATE TABLE events (
 CREATE INDEX events_by_service ON events (app, service, seq);
 "#,
     ),
+    (
+        3,
+        r#"
+CREATE TABLE sandboxes (
+    id          TEXT PRIMARY KEY,
+    template    TEXT NOT NULL,
+    image       TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    isolation   TEXT NOT NULL,
+    resources   TEXT NOT NULL,
+    metadata    TEXT NOT NULL,
+    allow_out   TEXT NOT NULL,
+    ip          TEXT,
+    created_at  TEXT NOT NULL,
+    end_at      TEXT NOT NULL,
+    updated_at  TEXT NOT NULL,
+    sealed      BLOB NOT NULL
+);
+CREATE INDEX sandboxes_by_state ON sandboxes (state);
+"#,
+    ),
 ];

@@ -3,17 +3,19 @@
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
+use std::collections::BTreeMap;
+
 use bora_api::{
-    App, Deployment, DeploymentStatus, Event, Instance, InstanceState, ScalingStatus, Secret,
-    Service, ServiceSpec, ServiceType, Transition,
+    App, Deployment, DeploymentStatus, Event, Instance, InstanceState, Isolation, Sandbox,
+    SandboxState, ScalingStatus, Secret, Service, ServiceSpec, ServiceType, Transition,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use crate::migrations::MIGRATIONS;
 use crate::{
-    DeploymentFilter, EVENTS_KEPT_PER_SERVICE, EventFilter, InstanceFilter, Result, SecretCipher,
-    Store, StoreError,
+    DeploymentFilter, EVENTS_KEPT_PER_SERVICE, EventFilter, InstanceFilter, NewSandboxRecord,
+    Result, SecretCipher, Store, StoreError,
 };
 
 /// A [`Store`] in one SQLite database file.
@@ -649,6 +651,136 @@ impl Store for SqliteStore {
         })
     }
 
+    fn create_sandbox(&self, new: &NewSandboxRecord) -> Result<Sandbox> {
+        let sealed = self.cipher.seal(&serde_json::to_vec(&SandboxSecrets {
+            envd_access_token: new.envd_access_token.clone(),
+            env: new.env.clone(),
+        })?);
+        self.write(|tx| {
+            let at = now();
+            let inserted = tx.execute(
+                "INSERT OR IGNORE INTO sandboxes (id, template, image, state, reason, isolation, resources, metadata, allow_out, ip, created_at, end_at, updated_at, sealed)
+                 VALUES (?1, ?2, ?3, 'starting', 'creating', ?4, ?5, ?6, ?7, NULL, ?8, ?9, ?8, ?10)",
+                params![
+                    new.id,
+                    new.template,
+                    new.image,
+                    new.isolation.to_string(),
+                    serde_json::to_string(&new.resources)?,
+                    serde_json::to_string(&new.metadata)?,
+                    serde_json::to_string(&new.allow_out)?,
+                    at,
+                    new.end_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+                    sealed,
+                ],
+            )?;
+            if inserted == 0 {
+                return Err(StoreError::AlreadyExists {
+                    kind: "sandbox",
+                    name: new.id.clone(),
+                });
+            }
+            Ok(())
+        })?;
+        self.get_sandbox(&new.id)
+    }
+
+    fn get_sandbox(&self, id: &str) -> Result<Sandbox> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                &format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE id = ?1"),
+                [id],
+                sandbox_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::not_found("sandbox", id))?;
+        self.unseal_sandbox(row)
+    }
+
+    fn list_sandboxes(&self, include_final: bool) -> Result<Vec<Sandbox>> {
+        let conn = self.conn();
+        let filter = if include_final {
+            ""
+        } else {
+            "WHERE state NOT IN ('killed', 'timed_out', 'failed')"
+        };
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {SANDBOX_COLUMNS} FROM sandboxes {filter} ORDER BY created_at, id"
+        ))?;
+        let rows = stmt
+            .query_map([], sandbox_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|row| self.unseal_sandbox(row))
+            .collect()
+    }
+
+    fn set_sandbox_state(&self, id: &str, state: SandboxState, reason: &str) -> Result<Sandbox> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE sandboxes SET state = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1",
+                params![id, state.as_str(), reason, now()],
+            )?;
+            if n == 0 {
+                return Err(StoreError::not_found("sandbox", id));
+            }
+            Ok(())
+        })?;
+        self.get_sandbox(id)
+    }
+
+    fn set_sandbox_ip(&self, id: &str, ip: Option<&str>) -> Result<()> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE sandboxes SET ip = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id, ip, now()],
+            )?;
+            if n == 0 {
+                return Err(StoreError::not_found("sandbox", id));
+            }
+            Ok(())
+        })
+    }
+
+    fn set_sandbox_end_at(&self, id: &str, end_at: DateTime<Utc>) -> Result<Sandbox> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE sandboxes SET end_at = ?2, updated_at = ?3 WHERE id = ?1",
+                params![
+                    id,
+                    end_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+                    now()
+                ],
+            )?;
+            if n == 0 {
+                return Err(StoreError::not_found("sandbox", id));
+            }
+            Ok(())
+        })?;
+        self.get_sandbox(id)
+    }
+
+    fn sandbox_env(&self, id: &str) -> Result<BTreeMap<String, String>> {
+        let sealed: Vec<u8> = self
+            .conn()
+            .query_row("SELECT sealed FROM sandboxes WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .ok_or_else(|| StoreError::not_found("sandbox", id))?;
+        Ok(self.open_sandbox_secrets(id, &sealed)?.env)
+    }
+
+    fn prune_sandboxes(&self, before: DateTime<Utc>) -> Result<usize> {
+        self.write(|tx| {
+            Ok(tx.execute(
+                "DELETE FROM sandboxes WHERE state IN ('killed', 'timed_out', 'failed') AND updated_at < ?1",
+                [before.to_rfc3339_opts(SecondsFormat::Micros, true)],
+            )?)
+        })
+    }
+
     fn create_secret(&self, name: &str, value: &str) -> Result<Secret> {
         let sealed = self.cipher.seal(value.as_bytes());
         self.write(|tx| {
@@ -731,6 +863,81 @@ fn secret_row(row: &Row<'_>) -> rusqlite::Result<Secret> {
         created_at: time(row, "created_at")?,
         updated_at: time(row, "updated_at")?,
     })
+}
+
+/// What a sandbox row keeps sealed.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SandboxSecrets {
+    envd_access_token: String,
+    env: BTreeMap<String, String>,
+}
+
+const SANDBOX_COLUMNS: &str = "id, template, image, state, reason, isolation, resources, metadata, allow_out, ip, created_at, end_at, sealed";
+
+/// A sandbox row, its token still sealed.
+struct SandboxRow {
+    sandbox: Sandbox,
+    sealed: Vec<u8>,
+}
+
+fn sandbox_row(row: &Row<'_>) -> rusqlite::Result<SandboxRow> {
+    fn json<T: serde::de::DeserializeOwned>(row: &Row<'_>, col: &str) -> rusqlite::Result<T> {
+        let text: String = row.get(col)?;
+        serde_json::from_str(&text).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+        })
+    }
+    fn parsed<T: std::str::FromStr<Err = String>>(row: &Row<'_>, col: &str) -> rusqlite::Result<T> {
+        let text: String = row.get(col)?;
+        text.parse().map_err(|e: String| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+        })
+    }
+    let isolation: String = row.get("isolation")?;
+    Ok(SandboxRow {
+        sandbox: Sandbox {
+            id: row.get("id")?,
+            template: row.get("template")?,
+            image: row.get("image")?,
+            state: parsed(row, "state")?,
+            reason: row.get("reason")?,
+            isolation: if isolation == "container" {
+                Isolation::Container
+            } else {
+                Isolation::Gvisor
+            },
+            resources: json(row, "resources")?,
+            metadata: json(row, "metadata")?,
+            allow_out: json(row, "allow_out")?,
+            ip: row.get("ip")?,
+            created_at: time(row, "created_at")?,
+            end_at: time(row, "end_at")?,
+            envd_access_token: String::new(),
+        },
+        sealed: row.get("sealed")?,
+    })
+}
+
+impl SqliteStore {
+    fn open_sandbox_secrets(&self, id: &str, sealed: &[u8]) -> Result<SandboxSecrets> {
+        let corrupt = |detail: String| StoreError::Corrupt {
+            what: format!("sandbox {id}"),
+            detail,
+        };
+        let plain = self
+            .cipher
+            .open(sealed)
+            .ok_or_else(|| corrupt("cannot decrypt its token (a different secret key?)".into()))?;
+        serde_json::from_slice(&plain).map_err(|e| corrupt(e.to_string()))
+    }
+
+    fn unseal_sandbox(&self, row: SandboxRow) -> Result<Sandbox> {
+        let mut sandbox = row.sandbox;
+        sandbox.envd_access_token = self
+            .open_sandbox_secrets(&sandbox.id, &row.sealed)?
+            .envd_access_token;
+        Ok(sandbox)
+    }
 }
 
 fn secret_meta(tx: &Connection, name: &str) -> Result<Secret> {

@@ -313,3 +313,79 @@ fn a_services_scaling_status_is_kept_across_reopening() {
         Some(status)
     );
 }
+
+fn new_sandbox(id: &str) -> bora_store::NewSandboxRecord {
+    bora_store::NewSandboxRecord {
+        id: id.into(),
+        template: "base".into(),
+        image: "bora.local/templates/base@sha256:abc".into(),
+        isolation: bora_api::Isolation::Gvisor,
+        resources: bora_api::SandboxResources::default(),
+        metadata: [("user".to_string(), "alice".to_string())].into(),
+        allow_out: vec!["203.0.113.0/24".into()],
+        end_at: chrono::Utc::now() + chrono::Duration::minutes(5),
+        envd_access_token: "tok-very-secret-123".into(),
+        env: [("API_KEY".to_string(), "env-very-secret-456".to_string())].into(),
+    }
+}
+
+#[test]
+fn sandboxes_keep_their_token_and_env_sealed_and_follow_their_states() {
+    use bora_api::SandboxState;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let created = store.create_sandbox(&new_sandbox("sb1")).unwrap();
+    assert_eq!(created.state, SandboxState::Starting);
+    assert_eq!(created.envd_access_token, "tok-very-secret-123");
+    assert_eq!(created.metadata["user"], "alice");
+    assert!(matches!(
+        store.create_sandbox(&new_sandbox("sb1")),
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    assert_eq!(
+        store.sandbox_env("sb1").unwrap()["API_KEY"],
+        "env-very-secret-456"
+    );
+
+    store.set_sandbox_ip("sb1", Some("10.89.0.2")).unwrap();
+    let running = store
+        .set_sandbox_state("sb1", SandboxState::Running, "envd answers")
+        .unwrap();
+    assert_eq!(running.ip.as_deref(), Some("10.89.0.2"));
+    let later = created.end_at + chrono::Duration::minutes(10);
+    assert_eq!(
+        store.set_sandbox_end_at("sb1", later).unwrap().end_at,
+        later
+    );
+    store.create_sandbox(&new_sandbox("sb2")).unwrap();
+    store
+        .set_sandbox_state("sb2", SandboxState::Killed, "killed by a request")
+        .unwrap();
+    let live: Vec<_> = store.list_sandboxes(false).unwrap();
+    assert_eq!(
+        live.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        ["sb1"]
+    );
+    assert_eq!(store.list_sandboxes(true).unwrap().len(), 2);
+
+    // Neither secret is in the database file in the clear.
+    drop(store);
+    let raw = std::fs::read(dir.path().join("bora.db")).unwrap();
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(!raw.contains("tok-very-secret-123"));
+    assert!(!raw.contains("env-very-secret-456"));
+
+    // Reopened (as after a crash), state is intact; pruning forgets only
+    // ended sandboxes.
+    let store = open(dir.path());
+    assert_eq!(
+        store.get_sandbox("sb1").unwrap().state,
+        SandboxState::Running
+    );
+    let pruned = store
+        .prune_sandboxes(chrono::Utc::now() + chrono::Duration::seconds(1))
+        .unwrap();
+    assert_eq!(pruned, 1);
+    assert!(store.get_sandbox("sb2").unwrap_err().is_not_found());
+    assert!(store.get_sandbox("sb1").is_ok());
+}
