@@ -15,8 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bora_api::{
-    ApiErrorBody, App, CreateSecret, Deployment, ErrorCode, Event, Instance, List, LogLine, Secret,
-    Service, ServiceSpec,
+    ApiErrorBody, App, CreateSecret, Deployment, ErrorCode, Event, Instance, List, LogLine,
+    NewSandbox, Sandbox, SandboxTimeout, Secret, Service, ServiceSpec,
 };
 use bora_node::logs::{Follower, LogRecord};
 use bora_store::{DeploymentFilter, InstanceFilter};
@@ -73,7 +73,9 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     paths(
         list_apps, get_app, delete_app, list_services, get_service, delete_service, create_deployment,
         list_deployments, get_deployment, delete_deployment, list_instances, get_instance, delete_instance,
-        list_secrets, create_secret, update_secret, delete_secret, service_logs, list_events
+        list_secrets, create_secret, update_secret, delete_secret, service_logs, list_events,
+        create_sandbox, list_sandboxes, get_sandbox, kill_sandbox, set_sandbox_timeout,
+        pause_sandbox, resume_sandbox
     ),
     components(schemas(ApiErrorBody, LogLine)),
     modifiers(&BearerAuth),
@@ -123,6 +125,17 @@ pub fn router(state: ApiState) -> Router {
             axum::routing::put(update_secret).delete(delete_secret),
         )
         .route("/events", get(list_events))
+        .route("/sandboxes", get(list_sandboxes).post(create_sandbox))
+        .route("/sandboxes/{id}", get(get_sandbox).delete(kill_sandbox))
+        .route(
+            "/sandboxes/{id}/timeout",
+            axum::routing::post(set_sandbox_timeout),
+        )
+        .route("/sandboxes/{id}/pause", axum::routing::post(pause_sandbox))
+        .route(
+            "/sandboxes/{id}/resume",
+            axum::routing::post(resume_sandbox),
+        )
         .route("/openapi.json", get(openapi))
         .fallback(|| async {
             ApiError(
@@ -132,12 +145,14 @@ pub fn router(state: ApiState) -> Router {
         })
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state.clone());
+    let e2b = crate::e2b::router(state.clone());
     let metrics = Router::new()
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state);
     Router::new()
         .nest("/v1", v1)
+        .nest("/e2b", e2b)
         .merge(metrics)
         .fallback(|| async {
             ApiError(
@@ -175,7 +190,7 @@ async fn authenticate(
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -401,6 +416,78 @@ async fn delete_secret(
 ) -> ApiResult<StatusCode> {
     s.ctl.delete_secret(&name)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/v1/sandboxes", request_body = NewSandbox, responses((status = 201, body = Sandbox), (status = 400, body = ApiErrorBody)))]
+async fn create_sandbox(
+    State(s): State<ApiState>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Sandbox>)> {
+    let new: NewSandbox = if body.is_empty() {
+        NewSandbox::default()
+    } else {
+        parse_body(&body)?
+    };
+    Ok((StatusCode::CREATED, Json(s.ctl.create_sandbox(new).await?)))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct SandboxQuery {
+    /// Include killed, timed-out and failed sandboxes (kept for an hour).
+    #[serde(default)]
+    all: bool,
+}
+
+#[utoipa::path(get, path = "/v1/sandboxes", params(SandboxQuery), responses((status = 200, body = List<Sandbox>)))]
+async fn list_sandboxes(
+    State(s): State<ApiState>,
+    Query(q): Query<SandboxQuery>,
+) -> ApiResult<Json<List<Sandbox>>> {
+    Ok(Json(List {
+        items: s.ctl.sandboxes(q.all)?,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/sandboxes/{id}", responses((status = 200, body = Sandbox), (status = 404, body = ApiErrorBody)))]
+async fn get_sandbox(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Sandbox>> {
+    Ok(Json(
+        s.ctl.store().get_sandbox(&id).map_err(ControlError::from)?,
+    ))
+}
+
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}", responses((status = 204), (status = 404, body = ApiErrorBody)))]
+async fn kill_sandbox(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    s.ctl.kill_sandbox(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/timeout", request_body = SandboxTimeout, responses((status = 200, body = Sandbox), (status = 404, body = ApiErrorBody)))]
+async fn set_sandbox_timeout(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Sandbox>> {
+    let req: SandboxTimeout = parse_body(&body)?;
+    Ok(Json(s.ctl.set_sandbox_timeout(&id, req.timeout)?))
+}
+
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/pause", responses((status = 200, body = Sandbox), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody)))]
+async fn pause_sandbox(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Sandbox>> {
+    Ok(Json(s.ctl.pause_sandbox(&id).await?))
+}
+
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/resume", responses((status = 200, body = Sandbox), (status = 404, body = ApiErrorBody)))]
+async fn resume_sandbox(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Sandbox>> {
+    Ok(Json(s.ctl.resume_sandbox(&id).await?.0))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -10,9 +10,11 @@
 
 pub mod api;
 pub mod controller;
+mod e2b;
 pub mod error;
 mod metrics;
 pub mod rollout;
+pub mod sandboxes;
 mod scaler;
 pub mod server;
 pub mod supervisor;

@@ -39,6 +39,8 @@ pub struct ServerConfig {
     pub hold_timeout: Duration,
     /// Most requests held per sleeping service; more get 503 at once.
     pub max_held: usize,
+    /// The static `bora-envd` every sandbox runs as its first process.
+    pub envd_binary: PathBuf,
 }
 
 /// A running server.
@@ -134,6 +136,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ControlError> {
     let mut node_config = NodeConfig::new(&data_dir, &config.shim_exe);
     node_config.runtimes = config.runtimes.clone();
     node_config.network = config.network.clone();
+    node_config.envd_binary = config.envd_binary.clone();
     let node = Arc::new(Node::new(node_config)?);
 
     let api_listener = bind(config.api_listen, "API").await?;
@@ -176,8 +179,10 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ControlError> {
         },
     );
     controller.recover().await?;
+    controller.recover_sandboxes().await;
     tokio::spawn(controller.clone().reconcile_forever());
     tokio::spawn(controller.clone().autoscale_forever());
+    tokio::spawn(controller.clone().reap_sandboxes_forever());
 
     let mut metrics = prometheus_client::registry::Registry::default();
     controller.register_metrics(&mut metrics);

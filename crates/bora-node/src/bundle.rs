@@ -235,6 +235,26 @@ pub struct BundlePaths<'a> {
     /// The network namespace to join (runc). gVisor is started inside the
     /// namespace instead, so its spec joins none.
     pub netns: &'a Path,
+    /// More host paths to bind-mount (a sandbox's agent, for one).
+    pub binds: &'a [Bind<'a>],
+}
+
+/// A host path bind-mounted into the container.
+#[derive(Debug, Clone, Copy)]
+pub struct Bind<'a> {
+    pub destination: &'a str,
+    pub source: &'a Path,
+    pub read_only: bool,
+}
+
+impl Bind<'_> {
+    fn mount(&self) -> Value {
+        let mut options = vec!["rbind", "rprivate"];
+        if self.read_only {
+            options.extend(["ro", "nosuid", "nodev"]);
+        }
+        json!({"destination": self.destination, "type": "bind", "source": self.source, "options": options})
+    }
 }
 
 /// CFS period for CPU limits, in microseconds.
@@ -261,7 +281,35 @@ pub fn runtime_config(
     // gVisor filters system calls in its own kernel; runc needs the filter.
     let seccomp = (isolation == Isolation::Container).then(seccomp_profile);
     let caps = CAPABILITIES;
-    let bind = |dest: &str, src: &Path| json!({"destination": dest, "type": "bind", "source": src, "options": ["rbind", "rprivate"]});
+    let bind = |destination, source| {
+        Bind {
+            destination,
+            source,
+            read_only: false,
+        }
+        .mount()
+    };
+    let mut mounts = json!([
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+         "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+         "options": ["nosuid", "noexec", "nodev", "ro"]},
+        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+         "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+        bind("/etc/hosts", paths.hosts),
+        bind("/etc/resolv.conf", paths.resolv_conf),
+        bind("/etc/hostname", paths.hostname_file),
+    ]);
+    if let Some(list) = mounts.as_array_mut() {
+        list.extend(paths.binds.iter().map(Bind::mount));
+    }
     json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -275,24 +323,7 @@ pub fn runtime_config(
         },
         "root": {"path": "rootfs", "readonly": false},
         "hostname": hostname,
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-             "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-             "options": ["nosuid", "noexec", "nodev", "ro"]},
-            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-             "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
-            bind("/etc/hosts", paths.hosts),
-            bind("/etc/resolv.conf", paths.resolv_conf),
-            bind("/etc/hostname", paths.hostname_file),
-        ],
+        "mounts": mounts,
         "linux": {
             "cgroupsPath": cgroup_path,
             "namespaces": namespaces,
@@ -409,6 +440,11 @@ mod tests {
             resolv_conf: Path::new("/i/resolv.conf"),
             hostname_file: Path::new("/i/hostname"),
             netns: Path::new("/run/netns/x"),
+            binds: &[Bind {
+                destination: "/.bora/envd",
+                source: Path::new("/opt/envd"),
+                read_only: true,
+            }],
         };
         let limits = InstanceType::Small.limits();
         let c = runtime_config(&p, "h", limits, Isolation::Container, "/bora/x", &paths);
@@ -423,6 +459,12 @@ mod tests {
             ns.iter()
                 .any(|n| n["type"] == "network" && n["path"] == "/run/netns/x")
         );
+        let mounts = c["mounts"].as_array().unwrap();
+        let envd = mounts.last().unwrap();
+        assert_eq!(envd["destination"], "/.bora/envd");
+        assert_eq!(envd["source"], "/opt/envd");
+        assert!(envd["options"].as_array().unwrap().contains(&json!("ro")));
+        assert!(mounts.iter().any(|m| m["destination"] == "/etc/hosts"));
         let g = runtime_config(&p, "h", limits, Isolation::Gvisor, "/bora/x", &paths);
         let ns = g["linux"]["namespaces"].as_array().unwrap();
         assert!(!ns.iter().any(|n| n["type"] == "network"));

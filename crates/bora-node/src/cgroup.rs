@@ -1,7 +1,8 @@
 //! An instance's cgroup, read and written directly: CPU and memory use for
 //! the autoscaler, and the freezer for the fast half of light sleep.
 //!
-//! Instances live at cgroup path `/bora/<id>`. On a cgroup v1 (or hybrid)
+//! Instances live at cgroup path `/bora/<id>`, sandboxes at
+//! `/bora-sandboxes/<id>`. On a cgroup v1 (or hybrid)
 //! host every controller has its own hierarchy under `/sys/fs/cgroup/<ctl>`;
 //! on a v2 host there is one, under `/sys/fs/cgroup`.
 
@@ -12,6 +13,11 @@ const ROOT: &str = "/sys/fs/cgroup";
 /// The cgroup path given to the runtime for an instance.
 pub fn path(id: &str) -> String {
     format!("/bora/{id}")
+}
+
+/// The cgroup path given to the runtime for a sandbox.
+pub fn sandbox_path(id: &str) -> String {
+    format!("/bora-sandboxes/{id}")
 }
 
 /// CPU and memory an instance has used, from its cgroup.
@@ -27,9 +33,10 @@ fn unified() -> bool {
     Path::new(ROOT).join("cgroup.controllers").exists()
 }
 
-fn dir(controller: &str, id: &str) -> PathBuf {
-    let rel = path(id);
-    let rel = rel.trim_start_matches('/');
+/// The directory of cgroup `cgroup` (a path from [`path`] or
+/// [`sandbox_path`]) in `controller`'s hierarchy.
+fn dir(controller: &str, cgroup: &str) -> PathBuf {
+    let rel = cgroup.trim_start_matches('/');
     if unified() {
         Path::new(ROOT).join(rel)
     } else {
@@ -44,6 +51,8 @@ fn read_u64(path: &Path) -> Option<u64> {
 /// The instance's usage, or `None` if its cgroup is not there (gone, or a
 /// runtime that keeps its cgroups elsewhere).
 pub fn usage(id: &str) -> Option<Usage> {
+    let cgroup = path(id);
+    let id = cgroup.as_str();
     if unified() {
         let dir = dir("", id);
         let stat = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
@@ -71,22 +80,24 @@ pub fn usage(id: &str) -> Option<Usage> {
 /// where forking `runc resume` costs milliseconds. runc derives "paused"
 /// from the same file, so its view stays right. Returns false if the
 /// freezer file is not there (the caller falls back to the runtime).
-pub fn thaw(id: &str) -> bool {
+/// `cgroup` is the path from [`path`] or [`sandbox_path`].
+pub fn thaw(cgroup: &str) -> bool {
     let (file, value) = if unified() {
-        (dir("", id).join("cgroup.freeze"), "0")
+        (dir("", cgroup).join("cgroup.freeze"), "0")
     } else {
-        (dir("freezer", id).join("freezer.state"), "THAWED")
+        (dir("freezer", cgroup).join("freezer.state"), "THAWED")
     };
     file.exists() && std::fs::write(&file, value).is_ok()
 }
 
-/// Whether the instance's freezer says it is frozen.
-pub fn frozen(id: &str) -> Option<bool> {
+/// Whether the freezer of `cgroup` ([`path`], [`sandbox_path`]) says it
+/// is frozen.
+pub fn frozen(cgroup: &str) -> Option<bool> {
     if unified() {
-        let v = read_u64(&dir("", id).join("cgroup.freeze"))?;
+        let v = read_u64(&dir("", cgroup).join("cgroup.freeze"))?;
         Some(v == 1)
     } else {
-        let s = std::fs::read_to_string(dir("freezer", id).join("freezer.state")).ok()?;
+        let s = std::fs::read_to_string(dir("freezer", cgroup).join("freezer.state")).ok()?;
         Some(s.trim() != "THAWED")
     }
 }

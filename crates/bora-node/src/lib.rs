@@ -13,14 +13,22 @@
 //! Everything about an instance lives in `<data-dir>/instances/<id>/`, so a
 //! restarted server finds what is still running ([`Node::recover`]) and
 //! cleans up what is not: no leaked processes, mounts, veths or addresses.
+//!
+//! Sandboxes for AI agents ([`sandbox`]) run on the same machinery, with
+//! `bora-envd` as their first process, a size-limited disk ([`disk`]), a
+//! point-to-point network and a firewall that lets them out only to their
+//! allow-list ([`firewall`]); they live in `<data-dir>/sandboxes/<id>/`.
 
 pub mod bundle;
 pub mod cgroup;
+pub mod disk;
+pub mod firewall;
 pub mod health;
 pub mod logs;
 pub mod network;
 pub mod rootfs;
 pub mod runtime;
+pub mod sandbox;
 pub mod shim;
 
 mod error;
@@ -28,3 +36,4 @@ mod node;
 
 pub use error::NodeError;
 pub use node::{InstanceSpec, InstanceStatus, Node, NodeConfig, RecoveredInstance};
+pub use sandbox::{SandboxLimits, SandboxSpec};

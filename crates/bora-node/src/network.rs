@@ -5,6 +5,11 @@
 //! The router reaches instances by their address on the bridge. Nothing
 //! outside the host can: a firewall rule drops new connections forwarded into
 //! the bridge from any other interface. Instances reach out through NAT.
+//!
+//! Sandboxes get a network of their own ([`NetworkConfig::sandbox`]): each
+//! namespace is attached point-to-point (the CNI `ptp` plugin), so every
+//! packet a sandbox sends is routed by the host, where [`crate::firewall`]
+//! filters it; on a shared bridge sandboxes would reach each other at L2.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -21,7 +26,8 @@ use crate::NodeError;
 pub struct NetworkConfig {
     /// CNI network name; also the name of host-local's allocation directory.
     pub name: String,
-    /// Linux bridge the instances attach to.
+    /// Linux bridge the instances attach to (unused by the point-to-point
+    /// sandbox network).
     pub bridge: String,
     /// Instance addresses come from this range.
     pub subnet: String,
@@ -44,6 +50,38 @@ impl Default for NetworkConfig {
 }
 
 impl NetworkConfig {
+    /// The sandboxes' network: its own range, apart from the services'.
+    pub fn sandbox() -> Self {
+        Self {
+            name: "bora-sandbox".into(),
+            bridge: String::new(),
+            subnet: "10.89.0.0/16".into(),
+            ..Self::default()
+        }
+    }
+
+    /// The `ptp` plugin's configuration: a veth pair per sandbox, routed by
+    /// the host. No masquerading here: [`crate::firewall`] decides what
+    /// leaves, and masquerades only that.
+    pub fn ptp_conf(&self) -> Value {
+        json!({
+            "cniVersion": "1.0.0",
+            "name": self.name,
+            "type": "ptp",
+            "ipMasq": false,
+            "ipam": self.ipam(),
+        })
+    }
+
+    fn ipam(&self) -> Value {
+        json!({
+            "type": "host-local",
+            "ranges": [[{"subnet": self.subnet}]],
+            "routes": [{"dst": "0.0.0.0/0"}],
+            "dataDir": self.ipam_dir,
+        })
+    }
+
     /// The `bridge` plugin's configuration.
     pub fn bridge_conf(&self) -> Value {
         json!({
@@ -54,12 +92,7 @@ impl NetworkConfig {
             "isGateway": true,
             "ipMasq": true,
             "hairpinMode": true,
-            "ipam": {
-                "type": "host-local",
-                "ranges": [[{"subnet": self.subnet}]],
-                "routes": [{"dst": "0.0.0.0/0"}],
-                "dataDir": self.ipam_dir,
-            }
+            "ipam": self.ipam(),
         })
     }
 
@@ -75,6 +108,16 @@ pub fn netns_path(instance: &str) -> PathBuf {
 
 fn netns_name(instance: &str) -> String {
     format!("bora-{}", &instance[..instance.len().min(20)])
+}
+
+/// The path of a sandbox's network namespace (never an instance's: the
+/// prefix differs, and the whole id is kept).
+pub fn sandbox_netns_path(sandbox: &str) -> PathBuf {
+    PathBuf::from("/run/netns").join(sandbox_netns_name(sandbox))
+}
+
+fn sandbox_netns_name(sandbox: &str) -> String {
+    format!("bora-sb-{sandbox}")
 }
 
 async fn run(cmd: &mut Command, what: &str) -> Result<String, NodeError> {
@@ -168,59 +211,166 @@ async fn cni(
 
 /// Creates the instance's namespace and attaches it; returns its address.
 pub async fn attach(config: &NetworkConfig, instance: &str) -> Result<IpAddr, NodeError> {
-    let netns = netns_path(instance);
-    if !netns.exists() {
-        run(
-            Command::new("ip").args(["netns", "add", &netns_name(instance)]),
-            "ip netns add",
-        )
-        .await?;
-    }
-    cni(
+    let attached = attach_netns(
         config,
-        "loopback",
-        &config.loopback_conf(),
-        "ADD",
-        instance,
-        &netns,
-    )
-    .await?;
-    let result = cni(
-        config,
-        "bridge",
         &config.bridge_conf(),
-        "ADD",
+        &netns_name(instance),
         instance,
-        &netns,
     )
     .await?;
-    let address = result["ips"][0]["address"].as_str().unwrap_or_default();
-    let ip = address.split('/').next().unwrap_or_default();
-    let ip: IpAddr = ip.parse().map_err(|_| NodeError::Network {
-        instance: instance.to_string(),
-        detail: format!("the bridge plugin returned no usable address: {result}"),
-    })?;
     guard_bridge(config).await?;
-    Ok(ip)
+    Ok(attached.ip)
 }
 
 /// Detaches and deletes the instance's namespace. Safe to call again and on
 /// half-built networks: every step ignores what is already gone.
 pub async fn detach(config: &NetworkConfig, instance: &str) -> Result<(), NodeError> {
-    let netns = netns_path(instance);
-    // DEL must also run when the namespace is gone, to free the address.
-    let del = cni(
+    detach_netns(
         config,
-        "bridge",
         &config.bridge_conf(),
-        "DEL",
+        &netns_name(instance),
         instance,
+    )
+    .await
+}
+
+/// A namespace attached by a CNI plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    pub ip: IpAddr,
+    /// The host's end of the link (`ptp`'s veth), when the plugin made one.
+    pub host_interface: Option<String>,
+}
+
+/// Creates a sandbox's namespace, with IPv6 off (sandboxes get IPv4 only:
+/// an IPv6 link-local address would reach the host around the IPv4
+/// firewall), and attaches it point-to-point. The host's end of the link
+/// gets strict reverse-path filtering, so the sandbox cannot send with
+/// another address than its own, and no IPv6 either.
+pub async fn attach_sandbox(
+    config: &NetworkConfig,
+    sandbox: &str,
+) -> Result<Attachment, NodeError> {
+    let name = sandbox_netns_name(sandbox);
+    create_netns(&name).await?;
+    let path = sandbox_netns_path(sandbox);
+    let in_netns = path.clone();
+    let ipv6_off = tokio::task::spawn_blocking(move || ipv6_off_inside(&in_netns))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    ipv6_off.map_err(|e| NodeError::Network {
+        instance: sandbox.to_string(),
+        detail: format!("turning IPv6 off in {}: {e}", path.display()),
+    })?;
+    let attached = attach_netns(config, &config.ptp_conf(), &name, sandbox).await?;
+    let Some(host_if) = &attached.host_interface else {
+        return Err(NodeError::Network {
+            instance: sandbox.to_string(),
+            detail: "the ptp plugin reported no host interface".into(),
+        });
+    };
+    for (key, value) in [
+        ("ipv6/conf/{}/disable_ipv6", "1"),
+        ("ipv4/conf/{}/rp_filter", "1"),
+    ] {
+        let path = PathBuf::from("/proc/sys/net").join(key.replace("{}", host_if));
+        std::fs::write(&path, value).map_err(|e| NodeError::io(&path, e))?;
+    }
+    Ok(attached)
+}
+
+/// Detaches and deletes a sandbox's namespace, freeing its address. Safe to
+/// call again and on half-built networks.
+pub async fn detach_sandbox(config: &NetworkConfig, sandbox: &str) -> Result<(), NodeError> {
+    detach_netns(
+        config,
+        &config.ptp_conf(),
+        &sandbox_netns_name(sandbox),
+        sandbox,
+    )
+    .await
+}
+
+/// Writes the namespace's IPv6 switches from a thread of our own, which
+/// enters the namespace and ends (a pool thread must not change namespace).
+fn ipv6_off_inside(netns: &Path) -> std::io::Result<()> {
+    let ns = std::fs::File::open(netns)?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)?;
+                for which in ["all", "default", "lo"] {
+                    std::fs::write(format!("/proc/sys/net/ipv6/conf/{which}/disable_ipv6"), "1")?;
+                }
+                Ok(())
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the namespace thread panicked")))
+    })
+}
+
+async fn create_netns(name: &str) -> Result<(), NodeError> {
+    if !Path::new("/run/netns").join(name).exists() {
+        run(
+            Command::new("ip").args(["netns", "add", name]),
+            "ip netns add",
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Creates namespace `name` if needed and attaches it with the plugin that
+/// `conf` names (plus loopback).
+async fn attach_netns(
+    config: &NetworkConfig,
+    conf: &Value,
+    name: &str,
+    id: &str,
+) -> Result<Attachment, NodeError> {
+    create_netns(name).await?;
+    let netns = Path::new("/run/netns").join(name);
+    cni(
+        config,
+        "loopback",
+        &config.loopback_conf(),
+        "ADD",
+        id,
         &netns,
     )
-    .await;
+    .await?;
+    let plugin = conf["type"].as_str().unwrap_or_default();
+    let result = cni(config, plugin, conf, "ADD", id, &netns).await?;
+    let address = result["ips"][0]["address"].as_str().unwrap_or_default();
+    let ip = address.split('/').next().unwrap_or_default();
+    let ip: IpAddr = ip.parse().map_err(|_| NodeError::Network {
+        instance: id.to_string(),
+        detail: format!("the {plugin} plugin returned no usable address: {result}"),
+    })?;
+    let host_interface = result["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| i.get("sandbox").is_none())
+        .and_then(|i| i["name"].as_str())
+        .map(str::to_string);
+    Ok(Attachment { ip, host_interface })
+}
+
+async fn detach_netns(
+    config: &NetworkConfig,
+    conf: &Value,
+    name: &str,
+    id: &str,
+) -> Result<(), NodeError> {
+    let netns = Path::new("/run/netns").join(name);
+    let plugin = conf["type"].as_str().unwrap_or_default();
+    // DEL must also run when the namespace is gone, to free the address.
+    let del = cni(config, plugin, conf, "DEL", id, &netns).await;
     if netns.exists() {
         run(
-            Command::new("ip").args(["netns", "delete", &netns_name(instance)]),
+            Command::new("ip").args(["netns", "delete", name]),
             "ip netns delete",
         )
         .await?;
@@ -282,6 +432,19 @@ mod tests {
             PathBuf::from("/run/netns/bora-0123456789abcdef0123")
         );
         assert_eq!(netns_name("abc"), "bora-abc");
+    }
+
+    #[test]
+    fn sandboxes_have_their_own_namespaces_and_range() {
+        assert_eq!(
+            sandbox_netns_path("0123456789abcdef0123456789"),
+            PathBuf::from("/run/netns/bora-sb-0123456789abcdef0123456789")
+        );
+        let c = NetworkConfig::sandbox().ptp_conf();
+        assert_eq!(c["type"], "ptp");
+        assert_eq!(c["ipMasq"], false);
+        assert_eq!(c["ipam"]["ranges"][0][0]["subnet"], "10.89.0.0/16");
+        assert_ne!(c["name"], NetworkConfig::default().bridge_conf()["name"]);
     }
 
     #[test]

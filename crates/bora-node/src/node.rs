@@ -10,7 +10,7 @@ use bora_image::{Image, ImageStore};
 use serde::{Deserialize, Serialize};
 use tokio::time::{Instant, sleep};
 
-use crate::bundle::{self, BundlePaths, Process};
+use crate::bundle::{self, Bind, BundlePaths, Process};
 use crate::network::{self, NetworkConfig};
 use crate::runtime::{Runtime, RuntimeBinaries};
 use crate::shim::{self, ExitStatus};
@@ -27,6 +27,12 @@ pub struct NodeConfig {
     pub shim_exe: PathBuf,
     pub runtimes: RuntimeBinaries,
     pub network: NetworkConfig,
+    /// The sandboxes' network: point-to-point links in a range of its own
+    /// ([`NetworkConfig::sandbox`]).
+    pub sandbox_network: NetworkConfig,
+    /// The static `bora-envd` binary, the agent every sandbox runs as its
+    /// first process (built by `scripts/build-envd.sh`).
+    pub envd_binary: PathBuf,
     /// Bound on each instance's logs on disk.
     pub log_max_bytes: u64,
     /// How long a container may take to reach `running`.
@@ -44,6 +50,8 @@ impl NodeConfig {
             shim_exe: shim_exe.into(),
             runtimes: RuntimeBinaries::default(),
             network: NetworkConfig::default(),
+            sandbox_network: NetworkConfig::sandbox(),
+            envd_binary: "/usr/lib/bora/bora-envd".into(),
             log_max_bytes: 10 * 1024 * 1024,
             start_timeout: Duration::from_secs(60),
         }
@@ -85,7 +93,7 @@ pub struct RecoveredInstance {
 
 /// Written to `instance.json` so a restarted node can clean up after itself.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct InstanceRecord {
+pub(crate) struct InstanceRecord {
     id: String,
     isolation: Isolation,
     ip: Option<IpAddr>,
@@ -96,8 +104,49 @@ struct InstanceRecord {
 
 /// The node agent. Cheap to share behind an `Arc`.
 pub struct Node {
-    config: NodeConfig,
+    pub(crate) config: NodeConfig,
     images: ImageStore,
+    /// Set once the sandboxes' host-wide firewall rules are in place.
+    pub(crate) sandbox_firewall: tokio::sync::OnceCell<()>,
+}
+
+/// Instances and sandboxes live side by side on a node but apart: their own
+/// directories, runtime state, cgroups and network namespaces, so an id of
+/// one kind never collides with the other's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Instance,
+    Sandbox,
+}
+
+impl Kind {
+    fn subdir(self) -> &'static str {
+        match self {
+            Kind::Instance => "instances",
+            Kind::Sandbox => "sandboxes",
+        }
+    }
+
+    pub(crate) fn netns(self, id: &str) -> PathBuf {
+        match self {
+            Kind::Instance => network::netns_path(id),
+            Kind::Sandbox => network::sandbox_netns_path(id),
+        }
+    }
+
+    pub(crate) fn cgroup(self, id: &str) -> String {
+        match self {
+            Kind::Instance => crate::cgroup::path(id),
+            Kind::Sandbox => crate::cgroup::sandbox_path(id),
+        }
+    }
+}
+
+/// The files an instance's bundle bind-mounts from its directory.
+pub(crate) struct EtcFiles {
+    pub hosts: PathBuf,
+    pub resolv_conf: PathBuf,
+    pub hostname: PathBuf,
 }
 
 const DESTROYED: &str = "destroyed";
@@ -107,13 +156,18 @@ const CREATED: &str = "created";
 impl Node {
     pub fn new(config: NodeConfig) -> Result<Self, NodeError> {
         for dir in [
-            config.data_dir.join("instances"),
+            config.data_dir.join(Kind::Instance.subdir()),
+            config.data_dir.join(Kind::Sandbox.subdir()),
             config.data_dir.join("runtime"),
         ] {
             std::fs::create_dir_all(&dir).map_err(|e| NodeError::io(&dir, e))?;
         }
         let images = ImageStore::open(config.data_dir.join("images"))?;
-        Ok(Self { config, images })
+        Ok(Self {
+            config,
+            images,
+            sandbox_firewall: tokio::sync::OnceCell::new(),
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -124,29 +178,43 @@ impl Node {
         &self.images
     }
 
-    fn dir(&self, id: &str) -> PathBuf {
-        self.config.data_dir.join("instances").join(id)
+    pub(crate) fn dir(&self, kind: Kind, id: &str) -> PathBuf {
+        self.config.data_dir.join(kind.subdir()).join(id)
     }
 
     /// Where an instance's logs are (they outlive the instance).
     pub fn log_dir(&self, id: &str) -> PathBuf {
-        self.dir(id).join("logs")
+        self.dir(Kind::Instance, id).join("logs")
     }
 
-    fn runtime(&self, isolation: Isolation) -> Runtime {
-        Runtime::new(
-            isolation,
-            &self.config.runtimes,
-            &self.config.data_dir.join("runtime"),
-        )
+    pub(crate) fn runtime(&self, kind: Kind, isolation: Isolation) -> Runtime {
+        let dir = self.config.data_dir.join("runtime");
+        match kind {
+            Kind::Instance => Runtime::new(isolation, &self.config.runtimes, &dir),
+            Kind::Sandbox => Runtime {
+                netns: network::sandbox_netns_path,
+                // Writes must land in the sandbox's size-limited upper
+                // directory, through the gofer, never in the sentry's
+                // memory, whatever this runsc's default is.
+                gvisor_run_flags: vec!["--overlay2=none".into()],
+                ..Runtime::new(isolation, &self.config.runtimes, &dir.join("sandboxes"))
+            },
+        }
     }
 
-    fn record(&self, id: &str) -> Option<InstanceRecord> {
-        serde_json::from_slice(&std::fs::read(self.dir(id).join("instance.json")).ok()?).ok()
+    fn isolation(&self, kind: Kind, id: &str) -> Isolation {
+        self.record(kind, id)
+            .map(|r| r.isolation)
+            .unwrap_or_default()
     }
 
-    fn write_record(&self, record: &InstanceRecord) -> Result<(), NodeError> {
-        let path = self.dir(&record.id).join("instance.json");
+    fn record(&self, kind: Kind, id: &str) -> Option<InstanceRecord> {
+        let path = self.dir(kind, id).join("instance.json");
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+
+    fn write_record(&self, kind: Kind, record: &InstanceRecord) -> Result<(), NodeError> {
+        let path = self.dir(kind, &record.id).join("instance.json");
         let tmp = path.with_extension("json.tmp");
         std::fs::write(&tmp, serde_json::to_vec(record).unwrap_or_default())
             .and_then(|_| std::fs::rename(&tmp, &path))
@@ -158,11 +226,12 @@ impl Node {
     pub async fn start(&self, spec: &InstanceSpec) -> Result<IpAddr, NodeError> {
         let started = async {
             let ip = self.try_prepare(spec).await?;
-            self.try_launch(&spec.id).await?;
-            self.wait_running(&spec.id).await?;
+            self.try_launch(Kind::Instance, &spec.id).await?;
+            self.wait_running(Kind::Instance, &spec.id).await?;
             Ok(ip)
         };
-        self.or_destroy(&spec.id, started.await).await
+        self.or_destroy(Kind::Instance, &spec.id, started.await)
+            .await
     }
 
     /// Sets an instance up without starting it: rootfs mounted, network
@@ -181,49 +250,87 @@ impl Node {
             }
             Ok(ip)
         };
-        self.or_destroy(&spec.id, prepared.await).await
+        self.or_destroy(Kind::Instance, &spec.id, prepared.await)
+            .await
     }
 
     /// Starts a prepared instance's container, without waiting for it:
     /// readiness is the health check's business, and [`Node::status`]
     /// reports an early exit.
     pub async fn launch(&self, id: &str) -> Result<(), NodeError> {
-        let created = self.dir(id).join(CREATED);
+        let created = self.dir(Kind::Instance, id).join(CREATED);
         let launched = if created.exists() {
             let _ = std::fs::remove_file(&created);
-            let isolation = self.record(id).map(|r| r.isolation).unwrap_or_default();
-            self.runtime(isolation).start(id).await
+            let isolation = self.isolation(Kind::Instance, id);
+            self.runtime(Kind::Instance, isolation).start(id).await
         } else {
-            self.try_launch(id).await
+            self.try_launch(Kind::Instance, id).await
         };
-        self.or_destroy(id, launched).await
+        self.or_destroy(Kind::Instance, id, launched).await
     }
 
-    async fn or_destroy<T>(&self, id: &str, result: Result<T, NodeError>) -> Result<T, NodeError> {
+    /// `result`, after destroying what was set up for `id` if it is an error.
+    pub(crate) async fn or_destroy<T>(
+        &self,
+        kind: Kind,
+        id: &str,
+        result: Result<T, NodeError>,
+    ) -> Result<T, NodeError> {
         if result.is_err()
-            && let Err(cleanup) = self.destroy(id).await
+            && let Err(cleanup) = self.destroy_in(kind, id).await
         {
             tracing::warn!(instance = %id, error = %cleanup, "cleanup after a failed start");
         }
         result
     }
 
-    async fn try_prepare(&self, spec: &InstanceSpec) -> Result<IpAddr, NodeError> {
-        let id = &spec.id;
-        let dir = self.dir(id);
+    /// Creates the directory of instance or sandbox `id` (with its bundle
+    /// directory) and records it, so that whatever follows can be undone.
+    pub(crate) fn begin(
+        &self,
+        kind: Kind,
+        id: &str,
+        isolation: Isolation,
+        stop_signal: Option<String>,
+    ) -> Result<InstanceRecord, NodeError> {
+        let dir = self.dir(kind, id);
         let bundle_dir = dir.join("bundle");
-        let rootfs = bundle_dir.join("rootfs");
         std::fs::create_dir_all(&bundle_dir).map_err(|e| NodeError::io(&bundle_dir, e))?;
         let _ = std::fs::remove_file(dir.join(DESTROYED));
         let _ = std::fs::remove_file(dir.join(CREATED));
         let _ = std::fs::remove_file(shim::exit_path(&dir));
-        let mut record = InstanceRecord {
-            id: id.clone(),
-            isolation: spec.isolation,
+        let record = InstanceRecord {
+            id: id.to_string(),
+            isolation,
             ip: None,
-            stop_signal: spec.image.config.stop_signal.clone(),
+            stop_signal,
         };
-        self.write_record(&record)?;
+        self.write_record(kind, &record)?;
+        Ok(record)
+    }
+
+    /// Records the address the network gave.
+    pub(crate) fn record_ip(
+        &self,
+        kind: Kind,
+        record: &mut InstanceRecord,
+        ip: IpAddr,
+    ) -> Result<(), NodeError> {
+        record.ip = Some(ip);
+        self.write_record(kind, record)
+    }
+
+    async fn try_prepare(&self, spec: &InstanceSpec) -> Result<IpAddr, NodeError> {
+        let id = &spec.id;
+        let dir = self.dir(Kind::Instance, id);
+        let bundle_dir = dir.join("bundle");
+        let rootfs = bundle_dir.join("rootfs");
+        let mut record = self.begin(
+            Kind::Instance,
+            id,
+            spec.isolation,
+            spec.image.config.stop_signal.clone(),
+        )?;
 
         if !rootfs::is_mounted(&rootfs) {
             rootfs::mount_overlay(
@@ -272,52 +379,33 @@ impl Node {
         };
 
         let ip = network::attach(&self.config.network, id).await?;
-        record.ip = Some(ip);
-        self.write_record(&record)?;
+        self.record_ip(Kind::Instance, &mut record, ip)?;
 
-        let hosts = dir.join("hosts");
-        let resolv = dir.join("resolv.conf");
-        let hostname_file = dir.join("hostname");
-        let write = |path: &Path, contents: String| {
-            std::fs::write(path, contents).map_err(|e| NodeError::io(path, e))
-        };
-        write(
-            &hosts,
-            format!(
-                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{}\n",
-                spec.hostname
-            ),
-        )?;
-        write(&resolv, host_resolv_conf())?;
-        write(&hostname_file, format!("{}\n", spec.hostname))?;
-        let netns = network::netns_path(id);
-        let config_json = bundle::runtime_config(
+        let etc = write_etc_files(&dir, ip, &spec.hostname)?;
+        write_bundle(
+            Kind::Instance,
+            id,
+            &bundle_dir,
             &process,
             &spec.hostname,
             spec.limits,
             spec.isolation,
-            &crate::cgroup::path(id),
-            &BundlePaths {
-                hosts: &hosts,
-                resolv_conf: &resolv,
-                hostname_file: &hostname_file,
-                netns: &netns,
-            },
-        );
-        write(&bundle_dir.join("config.json"), config_json.to_string())?;
+            &etc,
+            &[],
+        )?;
         Ok(ip)
     }
 
     /// Creates the prepared container under a shim (see [`Node::prepare`])
     /// and waits until the runtime reports it `created`.
     async fn try_create(&self, id: &str) -> Result<(), NodeError> {
-        let dir = self.dir(id);
-        let runtime = self.runtime(Isolation::Container);
+        let dir = self.dir(Kind::Instance, id);
+        let runtime = self.runtime(Kind::Instance, Isolation::Container);
         std::fs::create_dir_all(&runtime.root).map_err(|e| NodeError::io(&runtime.root, e))?;
         let pid_file = dir.join("container.pid");
         let _ = std::fs::remove_file(&pid_file);
         let argv = runtime.create_argv(id, &dir.join("bundle"), &pid_file);
-        self.spawn_shim(id, &argv, Some(&pid_file))?;
+        self.spawn_shim(Kind::Instance, id, &argv, Some(&pid_file))?;
         let deadline = Instant::now() + self.config.start_timeout;
         loop {
             if let Some(exit) = shim::read_exit(&dir) {
@@ -326,7 +414,7 @@ impl Node {
                     detail: format!(
                         "creating the container failed: {}{}",
                         describe_exit(&exit),
-                        self.last_output_suffix(id)
+                        self.last_output_suffix(Kind::Instance, id)
                     ),
                 });
             }
@@ -340,7 +428,7 @@ impl Node {
                     detail: format!(
                         "the container was not created within {:?}{}",
                         self.config.start_timeout,
-                        self.last_output_suffix(id)
+                        self.last_output_suffix(Kind::Instance, id)
                     ),
                 });
             }
@@ -348,33 +436,34 @@ impl Node {
         }
     }
 
-    async fn try_launch(&self, id: &str) -> Result<(), NodeError> {
-        let dir = self.dir(id);
+    pub(crate) async fn try_launch(&self, kind: Kind, id: &str) -> Result<(), NodeError> {
+        let dir = self.dir(kind, id);
         let bundle_dir = dir.join("bundle");
-        let netns = network::netns_path(id);
-        let isolation = self
-            .record(id)
-            .map(|r| r.isolation)
-            .ok_or_else(|| NodeError::Start {
-                instance: id.to_string(),
-                detail: "the instance was not prepared (no instance.json)".into(),
-            })?;
+        let netns = kind.netns(id);
+        let isolation =
+            self.record(kind, id)
+                .map(|r| r.isolation)
+                .ok_or_else(|| NodeError::Start {
+                    instance: id.to_string(),
+                    detail: "the instance was not prepared (no instance.json)".into(),
+                })?;
         let _ = std::fs::remove_file(shim::exit_path(&dir));
-        let runtime = self.runtime(isolation);
+        let runtime = self.runtime(kind, isolation);
         std::fs::create_dir_all(&runtime.root).map_err(|e| NodeError::io(&runtime.root, e))?;
         let argv = runtime.run_argv(id, &bundle_dir, &netns);
-        self.spawn_shim(id, &argv, None)
+        self.spawn_shim(kind, id, &argv, None)
     }
 
     /// Starts `bora shim` for instance `id` running `argv` (see
     /// [`shim::run`]), and reaps it when it ends.
     fn spawn_shim(
         &self,
+        kind: Kind,
         id: &str,
         argv: &[String],
         created: Option<&Path>,
     ) -> Result<(), NodeError> {
-        let dir = self.dir(id);
+        let dir = self.dir(kind, id);
         let mut shim = tokio::process::Command::new(&self.config.shim_exe);
         shim.arg("shim")
             .arg("--dir")
@@ -406,17 +495,20 @@ impl Node {
     }
 
     /// Waits until the launched container runs, or says why it did not.
-    async fn wait_running(&self, id: &str) -> Result<(), NodeError> {
-        let dir = self.dir(id);
-        let isolation = self.record(id).map(|r| r.isolation).unwrap_or_default();
-        let runtime = self.runtime(isolation);
+    pub(crate) async fn wait_running(&self, kind: Kind, id: &str) -> Result<(), NodeError> {
+        let dir = self.dir(kind, id);
+        let runtime = self.runtime(kind, self.isolation(kind, id));
         let id = &id.to_string();
         let deadline = Instant::now() + self.config.start_timeout;
         loop {
             if let Some(exit) = shim::read_exit(&dir) {
                 return Err(NodeError::Start {
                     instance: id.clone(),
-                    detail: format!("{}{}", describe_exit(&exit), self.last_output_suffix(id)),
+                    detail: format!(
+                        "{}{}",
+                        describe_exit(&exit),
+                        self.last_output_suffix(kind, id)
+                    ),
                 });
             }
             if runtime.state(id).await?.as_deref() == Some("running") {
@@ -428,7 +520,7 @@ impl Node {
                     detail: format!(
                         "the container did not start within {:?}{}",
                         self.config.start_timeout,
-                        self.last_output_suffix(id)
+                        self.last_output_suffix(kind, id)
                     ),
                 });
             }
@@ -437,8 +529,8 @@ impl Node {
     }
 
     /// The last lines the instance wrote, as `; last output: …`, or nothing.
-    fn last_output_suffix(&self, id: &str) -> String {
-        let lines: Vec<String> = logs::tail(&self.log_dir(id), 5)
+    fn last_output_suffix(&self, kind: Kind, id: &str) -> String {
+        let lines: Vec<String> = logs::tail(&self.dir(kind, id).join("logs"), 5)
             .into_iter()
             .map(|r| r.line)
             .collect();
@@ -451,12 +543,20 @@ impl Node {
 
     /// Why an instance ended, with its last output: for instance reasons.
     pub fn exit_reason(&self, id: &str, exit: &ExitStatus) -> String {
-        format!("{}{}", describe_exit(exit), self.last_output_suffix(id))
+        format!(
+            "{}{}",
+            describe_exit(exit),
+            self.last_output_suffix(Kind::Instance, id)
+        )
     }
 
     /// The instance's status, from the shim's records.
     pub fn status(&self, id: &str) -> InstanceStatus {
-        let dir = self.dir(id);
+        self.status_in(Kind::Instance, id)
+    }
+
+    pub(crate) fn status_in(&self, kind: Kind, id: &str) -> InstanceStatus {
+        let dir = self.dir(kind, id);
         if let Some(exit) = shim::read_exit(&dir) {
             return InstanceStatus::Exited(exit);
         }
@@ -472,14 +572,24 @@ impl Node {
     /// Stops an instance: SIGTERM, up to `grace` to exit, then SIGKILL; then
     /// tears down everything it had except its logs.
     pub async fn stop(&self, id: &str, grace: Duration) -> Result<(), NodeError> {
-        let record = self.record(id);
+        self.stop_in(Kind::Instance, id, grace).await
+    }
+
+    pub(crate) async fn stop_in(
+        &self,
+        kind: Kind,
+        id: &str,
+        grace: Duration,
+    ) -> Result<(), NodeError> {
+        let record = self.record(kind, id);
         let isolation = record.as_ref().map(|r| r.isolation).unwrap_or_default();
         let signal = stop_signal(record.as_ref().and_then(|r| r.stop_signal.as_deref()));
-        let runtime = self.runtime(isolation);
-        if self.status(id) == InstanceStatus::Running {
+        let runtime = self.runtime(kind, isolation);
+        let running = || self.status_in(kind, id) == InstanceStatus::Running;
+        if running() {
             // A frozen instance cannot act on a signal: thaw it first.
             if runtime.state(id).await.ok().flatten().as_deref() == Some("paused")
-                && let Err(e) = self.resume(id).await
+                && let Err(e) = self.resume_in(kind, id).await
             {
                 tracing::debug!(instance = %id, error = %e, "thawing before stop");
             }
@@ -487,35 +597,42 @@ impl Node {
                 tracing::debug!(instance = %id, error = %e, "SIGTERM");
             }
             let deadline = Instant::now() + grace;
-            while self.status(id) == InstanceStatus::Running && Instant::now() < deadline {
+            while running() && Instant::now() < deadline {
                 sleep(Duration::from_millis(50)).await;
             }
-            if self.status(id) == InstanceStatus::Running {
+            if running() {
                 let _ = runtime.kill(id, "KILL").await;
                 let deadline = Instant::now() + Duration::from_secs(5);
-                while self.status(id) == InstanceStatus::Running && Instant::now() < deadline {
-                    sleep(Duration::from_millis(50)).await;
+                while running() && Instant::now() < deadline {
+                    sleep(Duration::from_millis(20)).await;
                 }
             }
         }
-        self.destroy(id).await
+        self.destroy_in(kind, id).await
     }
 
     /// Freezes an instance (light sleep): its processes stop getting CPU
     /// and keep their memory.
     pub async fn pause(&self, id: &str) -> Result<(), NodeError> {
-        let isolation = self.record(id).map(|r| r.isolation).unwrap_or_default();
-        self.runtime(isolation).pause(id).await
+        self.pause_in(Kind::Instance, id).await
+    }
+
+    pub(crate) async fn pause_in(&self, kind: Kind, id: &str) -> Result<(), NodeError> {
+        self.runtime(kind, self.isolation(kind, id)).pause(id).await
     }
 
     /// Thaws a frozen instance. For runc this writes the cgroup freezer
     /// directly (the wake-up hot path); other runtimes are asked.
     pub async fn resume(&self, id: &str) -> Result<(), NodeError> {
-        let isolation = self.record(id).map(|r| r.isolation).unwrap_or_default();
-        if isolation == Isolation::Container && crate::cgroup::thaw(id) {
+        self.resume_in(Kind::Instance, id).await
+    }
+
+    pub(crate) async fn resume_in(&self, kind: Kind, id: &str) -> Result<(), NodeError> {
+        let isolation = self.isolation(kind, id);
+        if isolation == Isolation::Container && crate::cgroup::thaw(&kind.cgroup(id)) {
             return Ok(());
         }
-        self.runtime(isolation).resume(id).await
+        self.runtime(kind, isolation).resume(id).await
     }
 
     /// CPU and memory the instance uses, from its cgroup.
@@ -526,9 +643,16 @@ impl Node {
     /// Removes every trace of the instance but its logs: the runtime's
     /// container, the shim, the rootfs mount, the network. Idempotent.
     pub async fn destroy(&self, id: &str) -> Result<(), NodeError> {
-        let dir = self.dir(id);
-        let isolation = self.record(id).map(|r| r.isolation).unwrap_or_default();
-        let runtime = self.runtime(isolation);
+        self.destroy_in(Kind::Instance, id).await
+    }
+
+    /// Removes every trace of instance or sandbox `id`: see
+    /// [`Node::destroy`] and [`Node::stop_sandbox`]. Derives everything
+    /// from the id, so it also cleans up after a start that failed before
+    /// recording anything.
+    pub(crate) async fn destroy_in(&self, kind: Kind, id: &str) -> Result<(), NodeError> {
+        let dir = self.dir(kind, id);
+        let runtime = self.runtime(kind, self.isolation(kind, id));
         let mut first_error = None;
         if let Err(e) = runtime.delete(id).await {
             first_error.get_or_insert(e);
@@ -552,22 +676,37 @@ impl Node {
         if let Err(e) = rootfs::unmount(&dir.join("bundle").join("rootfs")) {
             first_error.get_or_insert(e);
         }
-        if let Err(e) = network::detach(&self.config.network, id).await {
+        let network = match kind {
+            Kind::Instance => network::detach(&self.config.network, id).await,
+            Kind::Sandbox => self.destroy_sandbox_extras(id, &dir).await,
+        };
+        if let Err(e) = network {
             first_error.get_or_insert(e);
         }
         if let Some(e) = first_error {
             return Err(e);
         }
-        for sub in ["bundle", "upper", "work"] {
-            let _ = std::fs::remove_dir_all(dir.join(sub));
+        match kind {
+            Kind::Instance => {
+                for sub in ["bundle", "upper", "work"] {
+                    let _ = std::fs::remove_dir_all(dir.join(sub));
+                }
+                let _ = std::fs::write(dir.join(DESTROYED), b"");
+            }
+            // Nothing of a sandbox outlives it, logs included.
+            Kind::Sandbox => match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(NodeError::io(&dir, e));
+                }
+                _ => {}
+            },
         }
-        let _ = std::fs::write(dir.join(DESTROYED), b"");
         Ok(())
     }
 
     /// Deletes what is left of a destroyed instance, logs included.
     pub fn forget(&self, id: &str) {
-        let dir = self.dir(id);
+        let dir = self.dir(Kind::Instance, id);
         if dir.join(DESTROYED).exists() {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -577,7 +716,11 @@ impl Node {
     /// disk: after a restart, the caller re-adopts the running ones and
     /// destroys the rest.
     pub fn recover(&self) -> Vec<RecoveredInstance> {
-        let Ok(entries) = std::fs::read_dir(self.config.data_dir.join("instances")) else {
+        self.recover_in(Kind::Instance)
+    }
+
+    pub(crate) fn recover_in(&self, kind: Kind) -> Vec<RecoveredInstance> {
+        let Ok(entries) = std::fs::read_dir(self.config.data_dir.join(kind.subdir())) else {
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -586,9 +729,9 @@ impl Node {
             if entry.path().join(DESTROYED).exists() {
                 continue;
             }
-            let ip = self.record(&id).and_then(|r| r.ip);
+            let ip = self.record(kind, &id).and_then(|r| r.ip);
             out.push(RecoveredInstance {
-                status: self.status(&id),
+                status: self.status_in(kind, &id),
                 id,
                 ip,
             });
@@ -596,6 +739,64 @@ impl Node {
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
     }
+}
+
+/// Writes the instance's `/etc/hosts`, `/etc/resolv.conf` and
+/// `/etc/hostname` into its directory, for the bundle to bind-mount.
+pub(crate) fn write_etc_files(
+    dir: &Path,
+    ip: IpAddr,
+    hostname: &str,
+) -> Result<EtcFiles, NodeError> {
+    let files = EtcFiles {
+        hosts: dir.join("hosts"),
+        resolv_conf: dir.join("resolv.conf"),
+        hostname: dir.join("hostname"),
+    };
+    let write = |path: &Path, contents: String| {
+        std::fs::write(path, contents).map_err(|e| NodeError::io(path, e))
+    };
+    write(
+        &files.hosts,
+        format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{hostname}\n"
+        ),
+    )?;
+    write(&files.resolv_conf, host_resolv_conf())?;
+    write(&files.hostname, format!("{hostname}\n"))?;
+    Ok(files)
+}
+
+/// Writes `config.json` into `bundle_dir`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn write_bundle(
+    kind: Kind,
+    id: &str,
+    bundle_dir: &Path,
+    process: &Process,
+    hostname: &str,
+    limits: Limits,
+    isolation: Isolation,
+    etc: &EtcFiles,
+    binds: &[Bind<'_>],
+) -> Result<(), NodeError> {
+    let netns = kind.netns(id);
+    let config_json = bundle::runtime_config(
+        process,
+        hostname,
+        limits,
+        isolation,
+        &kind.cgroup(id),
+        &BundlePaths {
+            hosts: &etc.hosts,
+            resolv_conf: &etc.resolv_conf,
+            hostname_file: &etc.hostname,
+            netns: &netns,
+            binds,
+        },
+    );
+    let path = bundle_dir.join("config.json");
+    std::fs::write(&path, config_json.to_string()).map_err(|e| NodeError::io(&path, e))
 }
 
 /// The signal that asks an instance to stop: the image's `StopSignal` when

@@ -35,6 +35,11 @@ pub struct Runtime {
     pub binary: PathBuf,
     /// The runtime's `--root`: its own record of containers, per data dir.
     pub root: PathBuf,
+    /// Where container `id`'s network namespace is: gVisor is driven from
+    /// inside it.
+    pub netns: fn(&str) -> PathBuf,
+    /// More global flags for `run` under gVisor (e.g. `--overlay2=none`).
+    pub gvisor_run_flags: Vec<String>,
 }
 
 impl Runtime {
@@ -47,6 +52,8 @@ impl Runtime {
             isolation,
             binary,
             root: runtime_dir.join(sub),
+            netns: crate::network::netns_path,
+            gvisor_run_flags: Vec::new(),
         }
     }
 
@@ -72,6 +79,7 @@ impl Runtime {
         argv.extend(self.base());
         if self.isolation == Isolation::Gvisor {
             argv.push("--network=host".into());
+            argv.extend(self.gvisor_run_flags.iter().cloned());
         }
         argv.extend([
             "run".into(),
@@ -119,7 +127,7 @@ impl Runtime {
     /// namespace, where the sandbox was started.
     async fn exec(&self, id: &str, args: &[&str]) -> Result<std::process::Output, NodeError> {
         let mut argv = Vec::new();
-        let netns = crate::network::netns_path(id);
+        let netns = (self.netns)(id);
         if self.isolation == Isolation::Gvisor && netns.exists() {
             argv.extend(["nsenter".to_string(), format!("--net={}", netns.display())]);
         }

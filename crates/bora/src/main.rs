@@ -74,6 +74,24 @@ struct ServerArgs {
     /// Most requests held per sleeping service; more get 503 at once.
     #[arg(long, default_value_t = 1000)]
     max_held: usize,
+    /// The static agent every sandbox runs (`scripts/build-envd.sh` builds
+    /// it); by default `bora-envd` beside this binary, then
+    /// `../envd/bora-envd` (a source checkout), then /usr/lib/bora/bora-envd.
+    #[arg(long, env = "BORA_ENVD_BINARY")]
+    envd_binary: Option<PathBuf>,
+}
+
+/// Where the sandbox agent is, when `--envd-binary` does not say.
+fn find_envd(exe: &std::path::Path) -> PathBuf {
+    let dir = exe.parent().unwrap_or(std::path::Path::new("."));
+    [
+        dir.join("bora-envd"),
+        dir.join("../envd/bora-envd"),
+        PathBuf::from("/usr/lib/bora/bora-envd"),
+    ]
+    .into_iter()
+    .find(|path| path.is_file())
+    .unwrap_or_else(|| PathBuf::from("/usr/lib/bora/bora-envd"))
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -209,6 +227,7 @@ async fn server(data_dir: PathBuf, args: ServerArgs) -> anyhow::Result<()> {
             cni_bin_dir: args.cni_bin_dir,
             ..Default::default()
         },
+        envd_binary: args.envd_binary.unwrap_or_else(|| find_envd(&shim_exe)),
         shim_exe,
         hold_timeout: args.hold_timeout,
         max_held: args.max_held,
