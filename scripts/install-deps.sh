@@ -19,6 +19,7 @@ packages=(
   "iptables:/usr/sbin/iptables"                  # keeps instances unreachable from outside
   "util-linux:/usr/bin/nsenter"                  # starts gVisor inside an instance's namespace
   "ca-certificates:/etc/ssl/certs/ca-certificates.crt"  # HTTPS registries
+  "mmdebstrap:/usr/bin/mmdebstrap"               # builds the sandbox template: bora templates build-base
   # For the tests: a real registry, and tools that build and push test images.
   "docker-registry:/usr/bin/docker-registry"
   "umoci:/usr/bin/umoci"

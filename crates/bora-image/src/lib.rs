@@ -26,6 +26,8 @@
 //! - [`unpack`]: layer tarballs to directories, whiteouts converted for overlayfs,
 //!   hostile paths refused.
 //! - `store`: the on-disk cache and [`ImageStore::pull`] / [`ImageStore::load`].
+//! - `store::import`: [`ImageStore::import_rootfs`], a root filesystem tarball as a
+//!   single-layer image under a local name (`bora.local/templates/base@sha256:…`).
 //! - [`error`]: [`ImageError`], one variant per kind of failure.
 //!
 //! HTTPS uses rustls with the `ring` provider, chosen explicitly by reqwest: callers do not
@@ -50,6 +52,7 @@ pub use error::ImageError;
 pub use manifest::Compression;
 pub use platform::{InvalidPlatform, Platform};
 pub use reference::Reference;
+pub use store::import::{ImportConfig, LOCAL_REGISTRY, local_reference};
 pub use store::{
     Credentials, Image, ImageConfig, ImageStore, LayerState, PullOptions, PullProgress,
 };

@@ -5,6 +5,7 @@
 //!   blobs/sha256/<hex>         verified manifests, indexes and configs (layer blobs only
 //!                              while they are being unpacked)
 //!   layers/sha256/<hex>/       unpacked layers, named by their diff_id (uncompressed digest)
+//!   local/<repo>:<tag>         manifest digest of each `bora.local/…` name (see [`import`])
 //!   tmp/<pid>-<random>         downloads and unpacks in progress
 //! ```
 //!
@@ -36,6 +37,8 @@ use crate::reference::Reference;
 use crate::registry::{FetchedManifest, RegistryClient};
 use crate::unpack::unpack_layer;
 use crate::{ImageError, Platform};
+
+pub(crate) mod import;
 
 /// How many layers of one image are downloaded and unpacked at the same time.
 const PARALLEL_LAYERS: usize = 3;
@@ -217,6 +220,9 @@ enum Source {
         layout: OciLayout,
         tag: Option<String>,
     },
+    /// A single blob in a local file (a root filesystem being imported), and the
+    /// reference it is imported as.
+    File { path: PathBuf, reference: String },
 }
 
 impl Source {
@@ -240,6 +246,7 @@ impl Source {
                 let media_type = Some(chosen.media_type().to_string());
                 layout.manifest(&digest, media_type).await
             }
+            Source::File { reference, .. } => Err(no_manifest_in_file(reference)),
         }
     }
 
@@ -247,6 +254,7 @@ impl Source {
         match self {
             Source::Registry(client) => client.blob(writer).await,
             Source::Layout { layout, .. } => layout.blob(writer).await,
+            Source::File { path, .. } => copy_file_blob(path, writer).await,
         }
     }
 
@@ -262,7 +270,30 @@ impl Source {
                 Ok(fetched)
             }
             Source::Layout { layout, .. } => layout.manifest(digest, media_type).await,
+            Source::File { reference, .. } => Err(no_manifest_in_file(reference)),
         }
+    }
+}
+
+/// Imports write their manifests themselves: a file source never serves one.
+fn no_manifest_in_file(reference: &str) -> ImageError {
+    ImageError::NotFound {
+        reference: reference.to_string(),
+        where_: " (an imported file holds a layer, not a manifest)".into(),
+    }
+}
+
+/// Copy a local file into `writer` (which verifies it on commit).
+async fn copy_file_blob(path: &Path, writer: &mut BlobWriter<'_>) -> Result<(), ImageError> {
+    use tokio::io::AsyncReadExt;
+    let mut file = tokio::fs::File::open(path).await.at("open", path)?;
+    let mut buffer = vec![0u8; 256 << 10];
+    loop {
+        let n = file.read(&mut buffer).await.at("read", path)?;
+        if n == 0 {
+            return Ok(());
+        }
+        writer.write(&buffer[..n]).await?;
     }
 }
 
@@ -319,6 +350,8 @@ impl ImageStore {
 
     /// Resolve `reference` (tag or digest) to the manifest for `opts.platform`, download and
     /// verify every missing blob, unpack every missing layer, and return the image.
+    /// `bora.local/…` references name imported images ([`ImageStore::import_rootfs`]): they
+    /// are resolved on this node, never over the network.
     ///
     /// Idempotent: what is cached is reused, and a pull by digest whose content is all
     /// cached does not touch the network. Concurrent pulls (of the same image or not) are
@@ -333,6 +366,11 @@ impl ImageStore {
         let mut parsed = Reference::parse(reference)?;
         if let Reference::Layout(layout) = &mut parsed {
             layout.path = std::path::absolute(&layout.path).at("resolve", &layout.path)?;
+        }
+        if let Reference::Registry(r) = &parsed
+            && r.registry == import::LOCAL_REGISTRY
+        {
+            return self.pull_local(r, progress);
         }
         let image_name = parsed.to_string();
         info!(reference = %image_name, platform = %opts.platform, "pulling image");

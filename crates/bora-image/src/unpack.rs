@@ -61,12 +61,7 @@ pub fn unpack_layer(
         digest: digest.to_string(),
         reason,
     };
-    let input = BufReader::with_capacity(256 << 10, blob);
-    let decompressed: Box<dyn Read> = match compression {
-        Compression::None => Box::new(input),
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(input)),
-        Compression::Zstd => Box::new(ZstdReader::new(input)),
-    };
+    let decompressed = decompressing_reader(blob, compression);
     let hashing = HashingReader {
         inner: decompressed,
         hasher: Sha256::new(),
@@ -104,6 +99,19 @@ pub fn unpack_layer(
         diff_id,
         entries: unpacker.entries,
     })
+}
+
+/// `blob`, buffered and decompressed: the uncompressed tar stream.
+pub(crate) fn decompressing_reader<'a>(
+    blob: impl Read + 'a,
+    compression: Compression,
+) -> Box<dyn Read + 'a> {
+    let input = BufReader::with_capacity(256 << 10, blob);
+    match compression {
+        Compression::None => Box::new(input),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(input)),
+        Compression::Zstd => Box::new(ZstdReader::new(input)),
+    }
 }
 
 /// Metadata of one tar entry, PAX overrides applied.

@@ -9,6 +9,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+mod template;
+
 #[derive(Parser)]
 #[command(
     name = "bora",
@@ -31,6 +33,9 @@ enum Command {
     Engine(EngineCommand),
     /// Stop and remove every instance of a data directory (with its server stopped).
     Reset(ResetArgs),
+    /// Build sandbox templates into this node's image store.
+    #[command(subcommand)]
+    Templates(template::TemplatesCommand),
     /// Supervise one instance (started by the node agent, not by hand).
     #[command(hide = true)]
     Shim(ShimArgs),
@@ -187,6 +192,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Templates(cmd) => template::main(&cli.global.data_dir, cmd),
         Command::Client(cmd) => {
             bora_cli::finish(runtime().block_on(bora_cli::run(cli.global, cmd)))
         }
