@@ -14,7 +14,7 @@ use bora_api::{
 use bora_image::{Image, PullOptions};
 use bora_node::health::Prober;
 use bora_node::{InstanceSpec, InstanceStatus, Node};
-use bora_router::{Backend, Route, RouteTable, Router, ServiceRoutes};
+use bora_router::{Backend, Route, RouteTable, Router, SandboxRoute, ServiceRoutes};
 use bora_store::{DeploymentFilter, InstanceFilter, Store};
 use tokio::sync::{Notify, mpsc};
 
@@ -456,7 +456,15 @@ impl Controller {
                 wakeable: d.spec.scaling.min == 0,
             });
         }
-        Ok(RouteTable { services })
+        let sandboxes = self
+            .sandbox_routes()
+            .into_iter()
+            .map(|(id, ip)| SandboxRoute { id, ip })
+            .collect();
+        Ok(RouteTable {
+            services,
+            sandboxes,
+        })
     }
 
     /// Where users reach a web service.

@@ -74,6 +74,14 @@ pub enum ErrorKind {
         /// The host as normalised for lookup.
         host: String,
     },
+    /// No running sandbox has the id the request names.
+    #[error(
+        "no running sandbox {id:?}: it was killed, timed out or never existed (list them with bora sandboxes list)"
+    )]
+    UnknownSandbox { id: String },
+    /// The sandbox port a request names is not a port.
+    #[error("E2b-Sandbox-Port {port:?} is not a port number (1-65535)")]
+    BadSandboxPort { port: String },
     /// The service has no route prefix matching the path.
     #[error(
         "service {service} in app {app} has no route for path {path:?}: check the routes of the service"
@@ -174,8 +182,12 @@ impl ErrorKind {
     /// The HTTP status a client gets for this kind.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MissingHost | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::UnknownHost { .. } | Self::NoRoute { .. } => StatusCode::NOT_FOUND,
+            Self::MissingHost | Self::BadRequest(_) | Self::BadSandboxPort { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::UnknownHost { .. } | Self::UnknownSandbox { .. } | Self::NoRoute { .. } => {
+                StatusCode::NOT_FOUND
+            }
             Self::NoHealthyInstance { .. }
             | Self::WakeTimeout { .. }
             | Self::TooManyHeld { .. }
@@ -193,6 +205,8 @@ impl ErrorKind {
             Self::MissingHost
             | Self::BadRequest(_)
             | Self::UnknownHost { .. }
+            | Self::UnknownSandbox { .. }
+            | Self::BadSandboxPort { .. }
             | Self::NoRoute { .. } => ErrorSource::Downstream,
             Self::NoHealthyInstance { .. }
             | Self::WakeTimeout { .. }

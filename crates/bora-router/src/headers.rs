@@ -32,6 +32,13 @@ const HOP_BY_HOP: [&str; 6] = [
     "connection",
 ];
 
+/// Names the sandbox a request is for (E2B's SDKs send it).
+pub(crate) const E2B_SANDBOX_ID: &str = "e2b-sandbox-id";
+/// Names the sandbox port a request is for.
+pub(crate) const E2B_SANDBOX_PORT: &str = "e2b-sandbox-port";
+/// The port of the agent in every sandbox, when a request names none.
+pub(crate) const ENVD_PORT: u16 = 49983;
+
 /// The longest client-supplied request ID the router keeps.
 const MAX_REQUEST_ID_LEN: usize = 128;
 

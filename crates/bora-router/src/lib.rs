@@ -71,7 +71,7 @@ pub use crate::error::{ErrorKind, ErrorSource, ProxyError};
 pub use crate::hold::Waker;
 pub use crate::hooks::{NoHooks, Phase, ProxyHooks, RequestInfo};
 pub use crate::stats::{HeldOutcomes, LatencyHistogram, ServiceStats};
-pub use crate::table::{Backend, Route, RouteTable, ServiceRoutes};
+pub use crate::table::{Backend, Route, RouteTable, SANDBOX_APP, SandboxRoute, ServiceRoutes};
 
 use crate::metrics::RouterCollector;
 use crate::table::{CompiledTable, InFlightRegistry, Registries, ServiceRegistry};

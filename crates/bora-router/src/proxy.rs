@@ -94,7 +94,11 @@ impl Router {
             .into());
         }
         let host = original_host(&request).ok_or(ErrorKind::MissingHost)?;
-        let mut service = self.route(&host)?;
+        let sandbox = self.route_sandbox(&request, &host)?;
+        let mut service = match &sandbox {
+            Some((sandbox, _port)) => sandbox.clone(),
+            None => self.route(&host)?,
+        };
         let span = tracing::Span::current();
         span.record("app", &*service.app);
         span.record("service", &*service.service);
@@ -103,7 +107,10 @@ impl Router {
             info.service = Some(service.service.clone());
         });
         scope.set_stats(RequestStats::arrive(service.state.clone()));
-        let mut port = route_port(&service, request.uri().path())?;
+        let mut port = match sandbox {
+            Some((_, port)) => port,
+            None => route_port(&service, request.uri().path())?,
+        };
         if service.backends.is_empty() {
             if !service.wakeable {
                 return Err(no_healthy_instance(&service));
@@ -225,6 +232,46 @@ impl Router {
         }
         headers::strip_hop_by_hop(response.headers_mut(), false);
         Ok(response.map(|body| ProxyBody::upstream(body, scope.take())))
+    }
+
+    /// The sandbox (and port) a request is for: named by the
+    /// `E2b-Sandbox-Id` / `E2b-Sandbox-Port` headers (port 49983, the
+    /// agent's, by default), or by a `<port>-<id>.<domain>` host that no
+    /// service has. `None` for a request to a service.
+    fn route_sandbox<B>(
+        &self,
+        request: &Request<B>,
+        host: &str,
+    ) -> Result<Option<(Arc<CompiledService>, u16)>, ProxyError> {
+        let table = self.table.load();
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(str::trim)
+        };
+        if let Some(id) = header(headers::E2B_SANDBOX_ID) {
+            let port = match header(headers::E2B_SANDBOX_PORT) {
+                None => headers::ENVD_PORT,
+                Some(port) => port.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
+                    ErrorKind::BadSandboxPort {
+                        port: port.to_string(),
+                    }
+                })?,
+            };
+            let sandbox = table
+                .sandbox(id)
+                .ok_or_else(|| ErrorKind::UnknownSandbox { id: id.to_string() })?;
+            return Ok(Some((sandbox.clone(), port)));
+        }
+        let lookup = normalize_host(host);
+        if table.service(&lookup).is_some() {
+            return Ok(None);
+        }
+        Ok(table
+            .sandbox_host(&lookup)
+            .and_then(|(id, port)| Some((table.sandbox(id)?.clone(), port))))
     }
 
     /// The service serving `host`, from the current table.

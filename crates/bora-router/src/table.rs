@@ -27,7 +27,24 @@ pub struct RouteTable {
     /// The routed services. A service (app + service name) should appear at
     /// most once; if it appears twice, the first entry wins.
     pub services: Vec<ServiceRoutes>,
+    /// Running sandboxes, reached by their id (see [`SandboxRoute`]).
+    pub sandboxes: Vec<SandboxRoute>,
 }
+
+/// A running sandbox. A request reaches port `P` of sandbox `ID` with the
+/// headers `E2b-Sandbox-Id: ID` and `E2b-Sandbox-Port: P` (how E2B's SDKs
+/// address sandboxes through one URL), or at host `P-ID.<domain>`. Any
+/// port of the sandbox is reachable this way, and only sandboxes listed
+/// here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SandboxRoute {
+    pub id: String,
+    pub ip: IpAddr,
+}
+
+/// The app name sandboxes are counted under in the statistics and metrics:
+/// not a valid app name, so it never mixes with a real app's.
+pub const SANDBOX_APP: &str = "@sandbox";
 
 /// The routes and healthy instances of one service.
 ///
@@ -211,6 +228,11 @@ pub(crate) struct Registries<'a> {
 pub(crate) struct CompiledTable {
     /// `<service>.<app>.<domain>`, lower-case, → service.
     by_host: HashMap<String, Arc<CompiledService>>,
+    /// Sandbox id → the sandbox, as a service with one backend and no
+    /// routes (the port comes with each request).
+    sandboxes: HashMap<String, Arc<CompiledService>>,
+    /// `.<domain>`, for `<port>-<id>.<domain>` hosts.
+    domain_suffix: String,
 }
 
 impl CompiledTable {
@@ -229,7 +251,44 @@ impl CompiledTable {
                 Arc::new(CompiledService::compile(service, registries)),
             );
         }
-        Self { by_host }
+        let sandboxes = table
+            .sandboxes
+            .into_iter()
+            .map(|sandbox| {
+                let service = ServiceRoutes {
+                    app: SANDBOX_APP.into(),
+                    service: sandbox.id.clone(),
+                    routes: Vec::new(),
+                    backends: vec![Backend {
+                        instance_id: format!("sandbox-{}", sandbox.id),
+                        ip: sandbox.ip,
+                    }],
+                    wakeable: false,
+                };
+                (
+                    sandbox.id,
+                    Arc::new(CompiledService::compile(service, registries)),
+                )
+            })
+            .collect();
+        Self {
+            by_host,
+            sandboxes,
+            domain_suffix: format!(".{domain}"),
+        }
+    }
+
+    /// The sandbox with id `id`.
+    pub(crate) fn sandbox(&self, id: &str) -> Option<&Arc<CompiledService>> {
+        self.sandboxes.get(id)
+    }
+
+    /// For a host `<port>-<id>.<domain>` (normalised), the sandbox id and
+    /// the port.
+    pub(crate) fn sandbox_host<'h>(&self, host: &'h str) -> Option<(&'h str, u16)> {
+        let label = host.strip_suffix(self.domain_suffix.as_str())?;
+        let (port, id) = label.split_once('-')?;
+        Some((id, port.parse().ok().filter(|p| *p != 0)?))
     }
 
     /// The service serving `host` (already normalised by [`normalize_host`]).
@@ -478,6 +537,7 @@ mod tests {
         let table = CompiledTable::compile(
             RouteTable {
                 services: vec![svc],
+                sandboxes: Vec::new(),
             },
             ".LocalHost",
             registry.registries(),
@@ -492,6 +552,7 @@ mod tests {
         let table = CompiledTable::compile(
             RouteTable {
                 services: vec![service(&[("/", 80)], &["a", "b"])],
+                sandboxes: Vec::new(),
             },
             "localhost",
             registry.registries(),
@@ -534,6 +595,7 @@ mod tests {
             CompiledTable::compile(
                 RouteTable {
                     services: vec![service(&[("/", 80)], &["a"])],
+                    sandboxes: Vec::new(),
                 },
                 "localhost",
                 registry.registries(),

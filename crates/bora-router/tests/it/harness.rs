@@ -192,6 +192,7 @@ pub async fn send(request: Request<TestBody>) -> (StatusCode, HeaderMap, String)
 pub fn one_service(port: u16, backends: &[(&str, IpAddr)]) -> RouteTable {
     RouteTable {
         services: vec![service("hello", "web", &[("/", port)], backends)],
+        sandboxes: Vec::new(),
     }
 }
 
@@ -230,6 +231,7 @@ pub fn sleeping_service(port: u16) -> RouteTable {
     web.wakeable = true;
     RouteTable {
         services: vec![web],
+        sandboxes: Vec::new(),
     }
 }
 

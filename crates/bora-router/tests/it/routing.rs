@@ -30,6 +30,7 @@ async fn routes_by_host_and_longest_path_prefix() {
                 ),
                 service("hello", "docs", &[("/guide", ports[2])], &[("d1", lo(2))]),
             ],
+            sandboxes: Vec::new(),
         };
         let router = TestRouter::start(table, |_| {}).await;
 
@@ -133,6 +134,68 @@ async fn concurrent_requests_go_to_the_least_busy_instance() {
         release.notify_one();
         let (status, _, body) = slow.await.unwrap();
         assert_eq!((status, body.as_str()), (StatusCode::OK, "a"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sandboxes_are_reached_by_their_id_header_or_host_on_any_port() {
+    use crate::harness::{empty, send};
+    use bora_router::SandboxRoute;
+    bounded(async {
+        let envd = TcpListener::bind((lo(4), 0)).await.unwrap();
+        let app = TcpListener::bind((lo(4), 0)).await.unwrap();
+        let other = TcpListener::bind((lo(5), 0)).await.unwrap();
+        let ports = [&envd, &app, &other].map(|l| l.local_addr().unwrap().port());
+        serve_named(envd, "sb1-envd");
+        serve_named(app, "sb1-app");
+        serve_named(other, "sb2");
+        let table = RouteTable {
+            services: vec![service("hello", "web", &[("/", ports[0])], &[])],
+            sandboxes: vec![
+                SandboxRoute {
+                    id: "sb1".into(),
+                    ip: lo(4),
+                },
+                SandboxRoute {
+                    id: "sb2".into(),
+                    ip: lo(5),
+                },
+            ],
+        };
+        let router = TestRouter::start(table, |_| {}).await;
+        let by_header = |id: &str, port: &str| {
+            router
+                .request("127.0.0.1:9999", "/health")
+                .header("E2b-Sandbox-Id", id)
+                .header("E2b-Sandbox-Port", port)
+                .body(empty())
+                .unwrap()
+        };
+        for (id, port, expected) in [
+            ("sb1", ports[0], "sb1-envd"),
+            ("sb1", ports[1], "sb1-app"),
+            ("sb2", ports[2], "sb2"),
+        ] {
+            let (status, _, body) = send(by_header(id, &port.to_string())).await;
+            assert_eq!((status, body.as_str()), (StatusCode::OK, expected));
+        }
+        // The host form, as E2B's SDKs build it without a sandbox URL.
+        let (status, _, body) = router
+            .get(&format!("{}-sb1.localhost", ports[1]), "/")
+            .await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "sb1-app"));
+
+        // Unknown sandboxes and bad ports are the client's mistake; a
+        // sandbox id never reaches anything but its own address.
+        let (status, _, body) = send(by_header("sb9", "49983")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.starts_with("no running sandbox \"sb9\""), "{body}");
+        let (status, _, body) = send(by_header("sb1", "http")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("E2b-Sandbox-Port \"http\""), "{body}");
+        let (status, _, _) = router.get("80-sb9.localhost", "/").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
     })
     .await;
 }

@@ -321,6 +321,7 @@ impl BoraRouter {
                 }],
                 wakeable: false,
             }],
+            sandboxes: Vec::new(),
         });
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(SocketAddr::new(
