@@ -19,5 +19,8 @@ fi
 echo "test: fetching the test models (cached after the first run)" >&2
 scripts/fetch-models.sh >/dev/null
 
+echo "test: building the sandbox agent (static bora-envd)" >&2
+scripts/build-envd.sh >/dev/null
+
 echo "test: cargo nextest run --workspace" >&2
 cargo nextest run --workspace --no-fail-fast
