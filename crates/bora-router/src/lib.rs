@@ -35,7 +35,12 @@
 //! |---|---|
 //! | [`table`] | the route table, its compiled form, counters that outlive it |
 //! | [`balance`] | least-outstanding-requests balancing (pure) |
-//! | `proxy` | one request: route, pick, forward, retry |
+//! | `proxy` | one request: route, pick, forward, retry (both paths) |
+//! | `passthrough` | the fast path: plain HTTP/1.1 relayed as bytes |
+//! | `h1` | request and response heads on the fast path (pure) |
+//! | `chunked` | finding the end of a chunked body (pure) |
+//! | `pool` | each worker's idle connections to instances |
+//! | `prefixed` | handing a connection to hyper with the bytes read |
 //! | [`hold`] | holding requests while a sleeping service wakes, [`Waker`] |
 //! | [`stats`] | per-service statistics, [`LatencyHistogram`] |
 //! | [`metrics`] | Prometheus metrics rendered from the statistics |
@@ -44,17 +49,22 @@
 //! | `upgrade` | splicing upgraded connections |
 //! | [`error`] | [`ProxyError`] and the one place it becomes a response |
 //! | [`hooks`] | request phases, the seam for custom observers |
-//! | `server` | accepting connections, graceful shutdown |
+//! | `server` | worker threads, accepting connections, graceful shutdown |
 
 #![forbid(unsafe_code)]
 
 pub mod balance;
 mod body;
+mod chunked;
 pub mod error;
+mod h1;
 mod headers;
 pub mod hold;
 pub mod hooks;
 pub mod metrics;
+mod passthrough;
+mod pool;
+mod prefixed;
 mod proxy;
 mod server;
 pub mod stats;

@@ -9,9 +9,12 @@
 //! wake-ups, no contended locks. Shared state (the route table, counters)
 //! is read lock-free.
 //!
-//! Each accepted connection runs on its own task as an HTTP/1.1 connection
-//! with upgrades enabled. All connection and tunnel tasks are tracked, so
-//! shutdown can wait for them:
+//! Each accepted connection runs on its own task, first on the fast path
+//! (`passthrough`: plain HTTP/1.1 requests relayed as bytes over the
+//! worker's own pool of upstream connections), handed to hyper as an
+//! HTTP/1.1 connection with upgrades enabled at its first request that is
+//! not plain. All connection and tunnel tasks are tracked, so shutdown can
+//! wait for them:
 //!
 //! 1. the shutdown future resolves: every worker stops accepting, and the
 //!    listener closes;
@@ -36,6 +39,7 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -43,10 +47,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::Router;
 use crate::body::RequestBody;
+use crate::passthrough;
+use crate::pool::UpstreamPool;
 
 /// How long a client may take to send request headers, and how long an idle
 /// keep-alive connection stays open.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Pause after a failed `accept` (e.g. out of file descriptors), so the loop
 /// does not spin.
@@ -64,9 +70,11 @@ pub(crate) struct ServeTasks {
     /// Cancelled when `serve` returns or is dropped: cut everything.
     pub(crate) stop: CancellationToken,
     /// Cancelled when shutdown starts: finish what is in progress.
-    drain: CancellationToken,
-    /// This worker's connections to instances.
+    pub(crate) drain: CancellationToken,
+    /// This worker's connections to instances, for hyper's path.
     pub(crate) client: UpstreamClient,
+    /// This worker's idle connections to instances, for the fast path.
+    pub(crate) pool: UpstreamPool,
 }
 
 pub(crate) async fn serve(
@@ -130,7 +138,9 @@ async fn worker(
         stop,
         drain,
         client: upstream_client(&router),
+        pool: UpstreamPool::new(router.config.pool_idle_timeout),
     });
+    tasks.tracker.spawn(sweep_pool(tasks.clone()));
     loop {
         tokio::select! {
             () = tasks.drain.cancelled() => break,
@@ -169,6 +179,19 @@ fn upstream_client(router: &Router) -> UpstreamClient {
         .build(connector)
 }
 
+/// Drops the worker's expired idle upstream connections now and then, until
+/// shutdown starts.
+async fn sweep_pool(tasks: Arc<ServeTasks>) {
+    let period = tasks.pool.idle_timeout().max(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = tasks.drain.cancelled() => return,
+            () = tasks.stop.cancelled() => return,
+            () = tokio::time::sleep(period) => tasks.pool.sweep(),
+        }
+    }
+}
+
 /// Serves one client connection until it closes or the server stops.
 async fn serve_connection(
     router: Arc<Router>,
@@ -179,6 +202,24 @@ async fn serve_connection(
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "could not set TCP_NODELAY");
     }
+    let stop = tasks.stop.clone();
+    tokio::select! {
+        () = passthrough::serve(router, stream, client, tasks) => {}
+        () = stop.cancelled() => {}
+    }
+}
+
+/// Serves a client connection with hyper (HTTP/1.1, upgrades enabled) until
+/// it closes; at drain, idle connections close at once, busy ones after
+/// their current response. (The caller cuts it when the server stops.)
+pub(crate) async fn serve_hyper<I>(
+    router: Arc<Router>,
+    io: I,
+    client: SocketAddr,
+    tasks: Arc<ServeTasks>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let handler_tasks = tasks.clone();
     let service = service_fn(move |request: Request<Incoming>| {
         let router = router.clone();
@@ -188,7 +229,7 @@ async fn serve_connection(
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     let mut connection = pin!(connection);
     let mut draining = false;
@@ -204,7 +245,6 @@ async fn serve_connection(
                 connection.as_mut().graceful_shutdown();
                 draining = true;
             }
-            () = tasks.stop.cancelled() => break,
         }
     }
 }
