@@ -118,8 +118,9 @@ pub(crate) fn add_forwarding(headers: &mut HeaderMap, client_ip: IpAddr, origina
         .get_all(X_FORWARDED_FOR)
         .iter()
         .map(HeaderValue::as_bytes);
-    let chain = forwarded_for(previous, client_ip);
-    if let Ok(value) = HeaderValue::try_from(chain) {
+    let mut chain = Vec::new();
+    push_forwarded_for(&mut chain, previous, &client_ip.to_string());
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(chain)) {
         headers.insert(X_FORWARDED_FOR, value);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
@@ -130,27 +131,26 @@ pub(crate) fn add_forwarding(headers: &mut HeaderMap, client_ip: IpAddr, origina
     }
 }
 
-/// The `X-Forwarded-For` an instance gets: the chain the client (or a
-/// proxy in front of us) sent, in the `previous` header values, with
-/// `client_ip` appended. Values that are not visible ASCII are skipped.
-pub(crate) fn forwarded_for<'a>(
+/// Appends the `X-Forwarded-For` value an instance gets to `out`: the
+/// chain the client (or a proxy in front of us) sent, in the `previous`
+/// header values, then `client_ip`. Values that are not visible ASCII are
+/// skipped.
+pub(crate) fn push_forwarded_for<'a>(
+    out: &mut Vec<u8>,
     previous: impl Iterator<Item = &'a [u8]>,
-    client_ip: IpAddr,
-) -> String {
-    let mut chain = String::new();
+    client_ip: &str,
+) {
     for value in previous {
         let Some(value) = visible_ascii(value) else {
             continue;
         };
         let value = value.trim();
         if !value.is_empty() {
-            chain.push_str(value);
-            chain.push_str(", ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b", ");
         }
     }
-    use std::fmt::Write as _;
-    let _ = write!(chain, "{client_ip}");
-    chain
+    out.extend_from_slice(client_ip.as_bytes());
 }
 
 /// `value` as text if it is what `HeaderValue::to_str` accepts: visible
@@ -319,11 +319,14 @@ mod tests {
 
     #[test]
     fn forwarded_for_chains_visible_values() {
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        assert_eq!(forwarded_for(std::iter::empty(), ip), "10.0.0.1");
-        let previous: [&[u8]; 4] = [b" 203.0.113.7 ", b"", b"bad\xff", b"198.51.100.2"];
+        let chain = |previous: &[&[u8]]| {
+            let mut out = Vec::new();
+            push_forwarded_for(&mut out, previous.iter().copied(), "10.0.0.1");
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(chain(&[]), "10.0.0.1");
         assert_eq!(
-            forwarded_for(previous.into_iter(), ip),
+            chain(&[b" 203.0.113.7 ", b"", b"bad\xff", b"198.51.100.2"]),
             "203.0.113.7, 198.51.100.2, 10.0.0.1"
         );
     }

@@ -34,6 +34,7 @@ use std::sync::Arc;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::{Duration, Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFuture;
 use tracing::Instrument;
 
@@ -68,6 +69,7 @@ pub(crate) async fn serve(
     let mut conn = Conn {
         stream,
         client,
+        client_ip: client.ip().to_canonical().to_string(),
         buf: BytesMut::with_capacity(READ_SIZE),
         upstream_buf: BytesMut::new(),
         out: Vec::new(),
@@ -77,10 +79,16 @@ pub(crate) async fn serve(
     };
     let drained = tasks.drain.cancelled();
     tokio::pin!(drained);
+    let (mut head_deadline, mut answer_deadline) = (Deadline::new(), Deadline::new());
     loop {
-        match conn.next_request(drained.as_mut()).await {
+        match conn
+            .next_request(drained.as_mut(), &mut head_deadline)
+            .await
+        {
             Next::Request(head) => {
-                let keep_alive = conn.exchange(&router, &tasks, &head).await;
+                let keep_alive = conn
+                    .exchange(&router, &tasks, &head, &mut answer_deadline)
+                    .await;
                 conn.spare_head = head.upstream;
                 if !keep_alive {
                     conn.close().await;
@@ -163,6 +171,8 @@ impl Broken {
 struct Conn {
     stream: TcpStream,
     client: SocketAddr,
+    /// The client's address as the instance sees it in `X-Forwarded-For`.
+    client_ip: String,
     /// Bytes from the client not handled yet: the current request's body
     /// (its first `body_left` bytes), then whatever follows.
     buf: BytesMut,
@@ -181,10 +191,15 @@ struct Conn {
 
 impl Conn {
     /// Reads until a whole request head is buffered.
-    async fn next_request(&mut self, mut drained: Pin<&mut WaitForCancellationFuture<'_>>) -> Next {
+    async fn next_request(
+        &mut self,
+        mut drained: Pin<&mut WaitForCancellationFuture<'_>>,
+        timeout: &mut Deadline,
+    ) -> Next {
+        let deadline = Instant::now() + HEADER_READ_TIMEOUT;
         loop {
             if !self.buf.is_empty() {
-                match h1::parse_request(&self.buf, self.client.ip(), &mut self.spare_head) {
+                match h1::parse_request(&self.buf, &self.client_ip, &mut self.spare_head) {
                     RequestParse::Fast(head) => return Next::Request(head),
                     RequestParse::Hyper => return Next::Hyper,
                     RequestParse::Partial if self.buf.len() >= h1::MAX_HEAD => return Next::Hyper,
@@ -196,13 +211,14 @@ impl Conn {
             reserve(&mut self.buf);
             let read = tokio::select! {
                 biased;
-                read = tokio::time::timeout(HEADER_READ_TIMEOUT, self.stream.read_buf(&mut self.buf)) => read,
+                read = self.stream.read_buf(&mut self.buf) => read,
                 () = drained.as_mut(), if idle => return Next::Closed,
+                () = timeout.at(deadline) => return Next::Closed,
             };
             match read {
-                Ok(Ok(0)) | Err(_) => return Next::Closed,
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => {
+                Ok(0) => return Next::Closed,
+                Ok(_) => {}
+                Err(error) => {
                     tracing::debug!(client = %self.client, %error, "client connection broke");
                     return Next::Closed;
                 }
@@ -212,14 +228,20 @@ impl Conn {
 
     /// Forwards one request and answers it; true if the connection stays
     /// open for another.
-    async fn exchange(&mut self, router: &Router, tasks: &ServeTasks, head: &RequestHead) -> bool {
+    async fn exchange(
+        &mut self,
+        router: &Router,
+        tasks: &ServeTasks,
+        head: &RequestHead,
+        timeout: &mut Deadline,
+    ) -> bool {
         self.buf.advance(head.len);
         self.body_left = head.content_length;
         self.body_streamed = false;
         let span = request_span(&head.request_id);
         let mut scope = RequestScope::new(head.request_id.clone(), router.hooks.clone());
         async {
-            let error = match self.forward(router, tasks, head, &mut scope).await {
+            let error = match self.forward(router, tasks, head, &mut scope, timeout).await {
                 Ok(keep_alive) => return keep_alive,
                 Err(Failure::Abort) => return false,
                 Err(Failure::Respond(error)) => error,
@@ -234,7 +256,7 @@ impl Conn {
             let exchange = Exchange {
                 head_request: head.method == http::Method::HEAD,
                 http10: head.http10,
-                keep_alive: head.keep_alive && self.body_left == 0 && !tasks.drain.is_cancelled(),
+                keep_alive: head.keep_alive && self.body_left == 0 && !tasks.is_draining(),
                 request_id: &head.request_id,
             };
             h1::write_response(
@@ -261,6 +283,7 @@ impl Conn {
         tasks: &ServeTasks,
         head: &RequestHead,
         scope: &mut RequestScope,
+        answer_timeout: &mut Deadline,
     ) -> Result<bool, Failure> {
         // 1. Route (holding while a sleeping service wakes).
         let routed = watching(
@@ -302,12 +325,17 @@ impl Conn {
                 let exchange = Exchange {
                     head_request: head.method == http::Method::HEAD,
                     http10: head.http10,
-                    keep_alive: head.keep_alive && !tasks.drain.is_cancelled(),
+                    keep_alive: head.keep_alive && !tasks.is_draining(),
                     request_id: &head.request_id,
                 };
                 let timeout = config.upstream_header_timeout;
-                let sent = tokio::time::timeout(timeout, self.send(&mut upstream, head, exchange));
-                let broken = match sent.await {
+                let deadline = Instant::now() + timeout;
+                let sent = tokio::select! {
+                    biased;
+                    sent = self.send(&mut upstream, head, exchange) => Ok(sent),
+                    () = answer_timeout.at(deadline) => Err(()),
+                };
+                let broken = match sent {
                     Ok(Ok(response)) => break 'attempts (upstream, response, addr),
                     Ok(Err(SendError::ClientGone)) => return Err(Failure::Abort),
                     Ok(Err(SendError::Unanswered(broken))) => {
@@ -326,7 +354,7 @@ impl Conn {
                         let upstream = upstream_at(&service, index, addr);
                         return Err(Failure::Respond(switched_unasked(upstream)));
                     }
-                    Err(_elapsed) => {
+                    Err(()) => {
                         let upstream = upstream_at(&service, index, addr);
                         return Err(Failure::Respond(
                             ErrorKind::UpstreamTimeout { upstream, timeout }.into(),
@@ -349,7 +377,7 @@ impl Conn {
         // 4. Relay the response.
         self.relay(upstream, &response, scope, (&tasks.pool, addr))
             .await?;
-        Ok(response.keep_alive && !tasks.drain.is_cancelled())
+        Ok(response.keep_alive && !tasks.is_draining())
     }
 
     /// Sends the request (head and body) to `upstream` and reads the final
@@ -567,6 +595,42 @@ impl Conn {
     async fn close(&mut self) {
         let _ = self.stream.shutdown().await;
     }
+}
+
+/// A timeout for the waits of one connection that costs no timer operation
+/// per wait: one `Sleep`, armed once, moved only when it fires. Each wait
+/// names its deadline; the deadlines of successive waits only move later,
+/// so the timer (set for an earlier wait) fires early, if at all, and is
+/// then re-armed for the deadline in force.
+struct Deadline {
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl Deadline {
+    fn new() -> Self {
+        Self {
+            sleep: Box::pin(tokio::time::sleep_until(far_future())),
+        }
+    }
+
+    /// Resolves at `deadline`.
+    async fn at(&mut self, deadline: Instant) {
+        loop {
+            if self.sleep.deadline() > deadline {
+                self.sleep.as_mut().reset(deadline);
+            }
+            self.sleep.as_mut().await;
+            if Instant::now() >= deadline {
+                return;
+            }
+            self.sleep.as_mut().reset(deadline);
+        }
+    }
+}
+
+/// A deadline no wait reaches (about a year away).
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(365 * 24 * 3600)
 }
 
 /// The response is all read: the request ends, and `upstream` goes back to

@@ -222,10 +222,12 @@ impl Router {
     pub(crate) fn route(&self, host: &str) -> Result<Arc<CompiledService>, ProxyError> {
         let lookup = normalize_host(host);
         let table = self.table.load();
-        table
-            .service(&lookup)
-            .cloned()
-            .ok_or_else(|| ErrorKind::UnknownHost { host: lookup }.into())
+        table.service(&lookup).cloned().ok_or_else(|| {
+            ErrorKind::UnknownHost {
+                host: lookup.into_owned(),
+            }
+            .into()
+        })
     }
 }
 

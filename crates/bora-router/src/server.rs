@@ -30,6 +30,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper::Request;
@@ -71,10 +72,19 @@ pub(crate) struct ServeTasks {
     pub(crate) stop: CancellationToken,
     /// Cancelled when shutdown starts: finish what is in progress.
     pub(crate) drain: CancellationToken,
+    /// Set once the worker saw `drain`: a cheap check for the hot path.
+    draining: AtomicBool,
     /// This worker's connections to instances, for hyper's path.
     pub(crate) client: UpstreamClient,
     /// This worker's idle connections to instances, for the fast path.
     pub(crate) pool: UpstreamPool,
+}
+
+impl ServeTasks {
+    /// Has shutdown started? (Connections then close after their response.)
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
 }
 
 pub(crate) async fn serve(
@@ -139,11 +149,15 @@ async fn worker(
         drain,
         client: upstream_client(&router),
         pool: UpstreamPool::new(router.config.pool_idle_timeout),
+        draining: AtomicBool::new(false),
     });
     tasks.tracker.spawn(sweep_pool(tasks.clone()));
     loop {
         tokio::select! {
-            () = tasks.drain.cancelled() => break,
+            () = tasks.drain.cancelled() => {
+                tasks.draining.store(true, Ordering::Relaxed);
+                break;
+            }
             () = tasks.stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, client)) => {
