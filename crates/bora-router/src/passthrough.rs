@@ -30,12 +30,13 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::futures::Notified;
 use tokio::time::{Duration, Instant, Sleep};
-use tokio_util::sync::WaitForCancellationFuture;
 use tracing::Instrument;
 
 use crate::Router;
@@ -77,14 +78,18 @@ pub(crate) async fn serve(
         body_left: 0,
         body_streamed: false,
     };
-    let drained = tasks.drain.cancelled();
+    let drained = tasks.drained();
     tokio::pin!(drained);
+    // Registered from now on: a drain is not missed.
+    drained.as_mut().enable();
+    let mut drained = Drained {
+        tasks: &tasks,
+        notified: drained,
+        polled: false,
+    };
     let (mut head_deadline, mut answer_deadline) = (Deadline::new(), Deadline::new());
     loop {
-        match conn
-            .next_request(drained.as_mut(), &mut head_deadline)
-            .await
-        {
+        match conn.next_request(&mut drained, &mut head_deadline).await {
             Next::Request(head) => {
                 let keep_alive = conn
                     .exchange(&router, &tasks, &head, &mut answer_deadline)
@@ -193,7 +198,7 @@ impl Conn {
     /// Reads until a whole request head is buffered.
     async fn next_request(
         &mut self,
-        mut drained: Pin<&mut WaitForCancellationFuture<'_>>,
+        drained: &mut Drained<'_, '_>,
         timeout: &mut Deadline,
     ) -> Next {
         let deadline = Instant::now() + HEADER_READ_TIMEOUT;
@@ -212,7 +217,7 @@ impl Conn {
             let read = tokio::select! {
                 biased;
                 read = self.stream.read_buf(&mut self.buf) => read,
-                () = drained.as_mut(), if idle => return Next::Closed,
+                () = drained.wait(), if idle => return Next::Closed,
                 () = timeout.at(deadline) => return Next::Closed,
             };
             match read {
@@ -597,34 +602,77 @@ impl Conn {
     }
 }
 
+/// The start of shutdown, as a connection waits for it between requests:
+/// after the first wait, a poll costs one atomic load (no lock).
+struct Drained<'a, 'n> {
+    tasks: &'n ServeTasks,
+    /// Registered with the worker's notification since the connection
+    /// started; its waker is this connection's task once polled.
+    notified: Pin<&'a mut Notified<'n>>,
+    polled: bool,
+}
+
+impl Drained<'_, '_> {
+    /// Resolves once shutdown started.
+    fn wait(&mut self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            if self.tasks.is_draining() {
+                return Poll::Ready(());
+            }
+            if !self.polled {
+                self.polled = true;
+                if self.notified.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+            }
+            Poll::Pending
+        })
+    }
+}
+
 /// A timeout for the waits of one connection that costs no timer operation
 /// per wait: one `Sleep`, armed once, moved only when it fires. Each wait
 /// names its deadline; the deadlines of successive waits only move later,
 /// so the timer (set for an earlier wait) fires early, if at all, and is
-/// then re-armed for the deadline in force.
+/// then re-armed for the deadline in force. Once armed, a poll only reads
+/// the timer's state: the timer keeps the waker of the connection's task.
 struct Deadline {
     sleep: Pin<Box<Sleep>>,
+    /// Polled since its last reset: it will wake this task when it fires.
+    armed: bool,
 }
 
 impl Deadline {
     fn new() -> Self {
         Self {
             sleep: Box::pin(tokio::time::sleep_until(far_future())),
+            armed: false,
         }
     }
 
     /// Resolves at `deadline`.
-    async fn at(&mut self, deadline: Instant) {
-        loop {
-            if self.sleep.deadline() > deadline {
+    fn at(&mut self, deadline: Instant) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            loop {
+                if self.sleep.deadline() > deadline {
+                    self.sleep.as_mut().reset(deadline);
+                    self.armed = false;
+                }
+                if self.armed && !self.sleep.is_elapsed() {
+                    return Poll::Pending;
+                }
+                if self.sleep.as_mut().poll(cx).is_pending() {
+                    self.armed = true;
+                    return Poll::Pending;
+                }
+                if Instant::now() >= deadline {
+                    return Poll::Ready(());
+                }
+                // Fired for an earlier wait: move it to this one's deadline.
                 self.sleep.as_mut().reset(deadline);
+                self.armed = false;
             }
-            self.sleep.as_mut().await;
-            if Instant::now() >= deadline {
-                return;
-            }
-            self.sleep.as_mut().reset(deadline);
-        }
+        })
     }
 }
 
@@ -698,5 +746,39 @@ async fn client_gone(stream: &TcpStream, buf: &mut BytesMut) {
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn deadlines_end_each_wait_on_time() {
+        let mut timeout = Deadline::new();
+        let start = Instant::now();
+
+        // A wait that ends first leaves the timer armed at its deadline.
+        let first = start + Duration::from_millis(40);
+        tokio::select! {
+            () = timeout.at(first) => panic!("ended before its deadline"),
+            () = tokio::time::sleep(Duration::from_millis(5)) => {}
+        }
+        // A later wait: the timer fires early, moves, and ends this wait on
+        // its own deadline.
+        let second = start + Duration::from_millis(80);
+        timeout.at(second).await;
+        assert!(Instant::now() >= second);
+
+        // An earlier deadline than the armed one moves the timer back.
+        tokio::select! {
+            () = timeout.at(Instant::now() + Duration::from_secs(10)) => panic!("too early"),
+            () = tokio::time::sleep(Duration::from_millis(5)) => {}
+        }
+        let third = Instant::now() + Duration::from_millis(30);
+        tokio::time::timeout(Duration::from_secs(2), timeout.at(third))
+            .await
+            .expect("the earlier deadline was kept");
+        assert!(Instant::now() >= third);
     }
 }

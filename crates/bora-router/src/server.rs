@@ -42,7 +42,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::futures::Notified;
+use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -72,8 +73,11 @@ pub(crate) struct ServeTasks {
     pub(crate) stop: CancellationToken,
     /// Cancelled when shutdown starts: finish what is in progress.
     pub(crate) drain: CancellationToken,
-    /// Set once the worker saw `drain`: a cheap check for the hot path.
+    /// Set once the worker saw `drain`, before `drained` is notified: a
+    /// cheap check for the hot path.
     draining: AtomicBool,
+    /// Notified once the worker saw `drain`.
+    drained: Notify,
     /// This worker's connections to instances, for hyper's path.
     pub(crate) client: UpstreamClient,
     /// This worker's idle connections to instances, for the fast path.
@@ -83,7 +87,13 @@ pub(crate) struct ServeTasks {
 impl ServeTasks {
     /// Has shutdown started? (Connections then close after their response.)
     pub(crate) fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the worker saw the start of shutdown (after
+    /// `is_draining` turned true); enable it to miss no drain.
+    pub(crate) fn drained(&self) -> Notified<'_> {
+        self.drained.notified()
     }
 }
 
@@ -150,12 +160,14 @@ async fn worker(
         client: upstream_client(&router),
         pool: UpstreamPool::new(router.config.pool_idle_timeout),
         draining: AtomicBool::new(false),
+        drained: Notify::new(),
     });
     tasks.tracker.spawn(sweep_pool(tasks.clone()));
     loop {
         tokio::select! {
             () = tasks.drain.cancelled() => {
-                tasks.draining.store(true, Ordering::Relaxed);
+                tasks.draining.store(true, Ordering::Release);
+                tasks.drained.notify_waiters();
                 break;
             }
             () = tasks.stop.cancelled() => break,
