@@ -30,7 +30,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::Request;
@@ -110,10 +110,15 @@ pub(crate) async fn serve(
     let listener = listener.into_std()?;
     let workers = router.config.workers();
 
+    let shares = Arc::new(Shares::new(workers));
     let mut finished = Vec::with_capacity(workers);
     for index in 0..workers {
         let listener = listener.try_clone()?;
         let (router, stop, drain) = (router.clone(), stop.clone(), drain.clone());
+        let share = Share {
+            shares: shares.clone(),
+            worker: index,
+        };
         let (done, finished_rx) = oneshot::channel::<()>();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -123,7 +128,7 @@ pub(crate) async fn serve(
             .spawn(move || {
                 runtime.block_on(async move {
                     match TcpListener::from_std(listener) {
-                        Ok(listener) => worker(router, listener, stop, drain).await,
+                        Ok(listener) => worker(router, listener, share, stop, drain).await,
                         Err(error) => tracing::error!(%error, "router worker cannot listen"),
                     }
                 });
@@ -150,6 +155,7 @@ pub(crate) async fn serve(
 async fn worker(
     router: Arc<Router>,
     listener: TcpListener,
+    share: Share,
     stop: CancellationToken,
     drain: CancellationToken,
 ) {
@@ -164,6 +170,12 @@ async fn worker(
     });
     tasks.tracker.spawn(sweep_pool(tasks.clone()));
     loop {
+        // Leave new connections to the other workers while this one has
+        // more than its share: wait until the shares change.
+        let changed = share.shares.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let turn = share.may_accept();
         tokio::select! {
             () = tasks.drain.cancelled() => {
                 tasks.draining.store(true, Ordering::Release);
@@ -171,11 +183,16 @@ async fn worker(
                 break;
             }
             () = tasks.stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
+            () = changed, if !turn => {}
+            accepted = listener.accept(), if turn => match accepted {
                 Ok((stream, client)) => {
                     let router = router.clone();
                     let conn_tasks = tasks.clone();
-                    tasks.tracker.spawn(serve_connection(router, stream, client, conn_tasks));
+                    let open = share.open();
+                    tasks.tracker.spawn(async move {
+                        serve_connection(router, stream, client, conn_tasks).await;
+                        drop(open);
+                    });
                 }
                 // Another worker took it.
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -203,6 +220,83 @@ fn upstream_client(router: &Router) -> UpstreamClient {
         .pool_idle_timeout(router.config.pool_idle_timeout)
         .pool_timer(TokioTimer::new())
         .build(connector)
+}
+
+/// How many connections more than the least-loaded worker a worker may
+/// have open and still accept.
+const ACCEPT_SLACK: usize = 1;
+
+/// The open connections of every worker. All workers are woken by a new
+/// connection, and the first to run would take a whole burst of them (one
+/// thread then serves everything while the others idle, as a benchmark's
+/// 64 connections opened at once show); so a worker accepts only while it
+/// has at most [`ACCEPT_SLACK`] more open connections than the least-loaded
+/// one. The least-loaded worker always accepts, so no connection waits for
+/// a turn that never comes. (nginx similarly stops accepting in a worker
+/// whose connections run out.)
+struct Shares {
+    open: Box<[AtomicUsize]>,
+    /// Notified whenever a count changes.
+    changed: Notify,
+}
+
+impl Shares {
+    fn new(workers: usize) -> Self {
+        Self {
+            open: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+            changed: Notify::new(),
+        }
+    }
+}
+
+/// One worker's place in [`Shares`].
+struct Share {
+    shares: Arc<Shares>,
+    worker: usize,
+}
+
+impl Share {
+    /// Is it this worker's turn to accept?
+    fn may_accept(&self) -> bool {
+        let loads: Vec<usize> = self
+            .shares
+            .open
+            .iter()
+            .map(|open| open.load(Ordering::Relaxed))
+            .collect();
+        has_turn(&loads, self.worker)
+    }
+
+    /// Counts a connection at this worker until the guard is dropped.
+    fn open(&self) -> OpenConnection {
+        self.shares.open[self.worker].fetch_add(1, Ordering::Relaxed);
+        self.shares.changed.notify_waiters();
+        OpenConnection {
+            shares: self.shares.clone(),
+            worker: self.worker,
+        }
+    }
+}
+
+/// A connection counted in [`Shares`].
+struct OpenConnection {
+    shares: Arc<Shares>,
+    worker: usize,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.shares.open[self.worker].fetch_sub(1, Ordering::Relaxed);
+        self.shares.changed.notify_waiters();
+    }
+}
+
+/// May worker `me` accept, given every worker's open connections?
+fn has_turn(loads: &[usize], me: usize) -> bool {
+    let least = loads.iter().copied().min().unwrap_or(0);
+    loads
+        .get(me)
+        .is_none_or(|&mine| mine <= least + ACCEPT_SLACK)
 }
 
 /// Drops the worker's expired idle upstream connections now and then, until
@@ -272,5 +366,39 @@ pub(crate) async fn serve_hyper<I>(
                 draining = true;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_least_loaded_worker_always_has_a_turn() {
+        assert!(has_turn(&[0], 0));
+        assert!(has_turn(&[7], 0), "a lone worker always accepts");
+        assert!(has_turn(&[0, 0], 0) && has_turn(&[0, 0], 1));
+        assert!(has_turn(&[1, 0], 0), "within the slack");
+        assert!(!has_turn(&[2, 0], 0));
+        assert!(has_turn(&[2, 0], 1));
+        assert!(has_turn(&[5, 4, 6], 1) && has_turn(&[5, 4, 6], 0) && !has_turn(&[5, 4, 6], 2));
+    }
+
+    #[test]
+    fn bursts_split_evenly() {
+        // Whoever runs takes a connection if it has a turn: the first
+        // worker runs most often, yet the split stays even.
+        let mut loads = [0usize; 2];
+        for round in 0..64 {
+            let worker = if round % 5 == 4 { 1 } else { 0 };
+            let taker = if has_turn(&loads, worker) {
+                worker
+            } else {
+                1 - worker
+            };
+            assert!(has_turn(&loads, taker));
+            loads[taker] += 1;
+        }
+        assert!(loads[0].abs_diff(loads[1]) <= ACCEPT_SLACK + 1, "{loads:?}");
     }
 }
