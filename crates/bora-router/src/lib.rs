@@ -5,6 +5,10 @@
 //! prefix picks a port, and the load balancer picks one of the service's
 //! healthy instances; the request then streams to `instance_ip:port` and the
 //! response streams back. WebSocket and other upgrades are spliced through.
+//! Plain requests (no upgrade, no chunked upload, no `Expect`) take a fast
+//! path that relays them as bytes, like nginx (`passthrough`); everything
+//! else goes through hyper. Both share routing, balancing, retries,
+//! statistics and error responses (`proxy`).
 //! A request for a sleeping service (scaled to zero, marked
 //! [`ServiceRoutes::wakeable`]) is held while the control plane wakes it.
 //!
