@@ -49,6 +49,15 @@ impl ProxyBody {
         }
     }
 
+    /// The text of a router-generated message not yet sent (empty for any
+    /// other body): what the fast path writes itself.
+    pub(crate) fn message_bytes(&self) -> &[u8] {
+        match &self.kind {
+            Kind::Message(Some(text)) => text,
+            Kind::Message(None) | Kind::Upstream(_) => &[],
+        }
+    }
+
     /// No body (e.g. a `101 Switching Protocols`).
     pub(crate) fn empty() -> Self {
         Self {

@@ -22,7 +22,8 @@ pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forw
 /// `X-Forwarded-Host`.
 pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Hop-by-hop headers that are dropped whatever `Connection` lists.
+/// Hop-by-hop headers that are dropped whatever `Connection` lists (and
+/// so are all `Proxy-*` headers).
 const HOP_BY_HOP: [&str; 6] = [
     "keep-alive",
     "te",
@@ -73,6 +74,15 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter(|token| !token.is_empty())
 }
 
+/// Is `name` (any case) hop-by-hop whatever `Connection` lists: one of
+/// the fixed list, or a `Proxy-*` header?
+pub(crate) fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|hop| hop.eq_ignore_ascii_case(name))
+        || name
+            .get(..6)
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case("proxy-"))
+}
+
 /// Removes hop-by-hop headers. With `keep_upgrade`, the message keeps
 /// `Upgrade` and gets `Connection: upgrade`, as an upgrade exchange needs.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
@@ -111,20 +121,13 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// Adds the `X-Forwarded-*` headers for a request from `client_ip` that
 /// named `original_host`, and makes sure `Host` is set to it.
 pub(crate) fn add_forwarding(headers: &mut HeaderMap, client_ip: IpAddr, original_host: &str) {
-    // Append to the chain the client (or a proxy in front of us) sent.
-    let previous: Vec<&str> = headers
+    let previous = headers
         .get_all(X_FORWARDED_FOR)
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .map(str::trim)
-        .filter(|value| !value.is_empty())
-        .collect();
-    let chain = if previous.is_empty() {
-        client_ip.to_string()
-    } else {
-        format!("{}, {client_ip}", previous.join(", "))
-    };
-    if let Ok(value) = HeaderValue::try_from(chain) {
+        .map(HeaderValue::as_bytes);
+    let mut chain = Vec::new();
+    push_forwarded_for(&mut chain, previous, &client_ip.to_string());
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(chain)) {
         headers.insert(X_FORWARDED_FOR, value);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
@@ -135,13 +138,49 @@ pub(crate) fn add_forwarding(headers: &mut HeaderMap, client_ip: IpAddr, origina
     }
 }
 
+/// Appends the `X-Forwarded-For` value an instance gets to `out`: the
+/// chain the client (or a proxy in front of us) sent, in the `previous`
+/// header values, then `client_ip`. Values that are not visible ASCII are
+/// skipped.
+pub(crate) fn push_forwarded_for<'a>(
+    out: &mut Vec<u8>,
+    previous: impl Iterator<Item = &'a [u8]>,
+    client_ip: &str,
+) {
+    for value in previous {
+        let Some(value) = visible_ascii(value) else {
+            continue;
+        };
+        let value = value.trim();
+        if !value.is_empty() {
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+    }
+    out.extend_from_slice(client_ip.as_bytes());
+}
+
+/// `value` as text if it is what `HeaderValue::to_str` accepts: visible
+/// ASCII, spaces and tabs.
+pub(crate) fn visible_ascii(value: &[u8]) -> Option<&str> {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+        .then(|| std::str::from_utf8(value).ok())
+        .flatten()
+}
+
 /// The request's ID: the client's `X-Request-Id` if it is a sane token,
 /// a fresh one otherwise (see `new_request_id`).
 pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
-    headers
-        .get(X_REQUEST_ID)
-        .filter(|value| is_sane_request_id(value.as_bytes()))
-        .cloned()
+    request_id_from(headers.get(X_REQUEST_ID).map(HeaderValue::as_bytes))
+}
+
+/// The request's ID from the value of its first `X-Request-Id`, if any.
+pub(crate) fn request_id_from(client_id: Option<&[u8]>) -> HeaderValue {
+    client_id
+        .filter(|id| is_sane_request_id(id))
+        .and_then(|id| HeaderValue::from_bytes(id).ok())
         .unwrap_or_else(new_request_id)
 }
 
@@ -156,8 +195,19 @@ fn new_request_id() -> HeaderValue {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
     let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::try_from(format!("{prefix:016x}{count:016x}"))
-        .expect("hex digits are a valid header value")
+    let mut id = [0u8; 32];
+    hex(prefix, &mut id[..16]);
+    hex(count, &mut id[16..]);
+    HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
+}
+
+/// `value` as 16 lower-case hex digits into `out`.
+fn hex(value: u64, out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (index, digit) in out.iter_mut().enumerate() {
+        let shift = 4 * (15 - index);
+        *digit = DIGITS[((value >> shift) & 0xf) as usize];
+    }
 }
 
 /// 1 to 128 characters from `A-Z a-z 0-9 - _ . : + / =` (UUIDs, ULIDs,
@@ -253,6 +303,50 @@ mod tests {
         add_forwarding(&mut bare, "::1".parse().unwrap(), "web.hello.localhost");
         assert_eq!(bare[X_FORWARDED_FOR], "::1");
         assert_eq!(bare[HOST], "web.hello.localhost");
+    }
+
+    #[test]
+    fn hop_by_hop_names_any_case() {
+        for name in [
+            "Connection",
+            "keep-alive",
+            "TE",
+            "Trailer",
+            "Transfer-Encoding",
+        ] {
+            assert!(is_hop_by_hop(name), "{name}");
+        }
+        assert!(is_hop_by_hop("Upgrade"));
+        assert!(is_hop_by_hop("Proxy-Authorization"));
+        assert!(is_hop_by_hop("proxy-connection"));
+        for name in ["content-type", "host", "proxy", "x-proxy-id", "tee"] {
+            assert!(!is_hop_by_hop(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn forwarded_for_chains_visible_values() {
+        let chain = |previous: &[&[u8]]| {
+            let mut out = Vec::new();
+            push_forwarded_for(&mut out, previous.iter().copied(), "10.0.0.1");
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(chain(&[]), "10.0.0.1");
+        assert_eq!(
+            chain(&[b" 203.0.113.7 ", b"", b"bad\xff", b"198.51.100.2"]),
+            "203.0.113.7, 198.51.100.2, 10.0.0.1"
+        );
+    }
+
+    #[test]
+    fn fresh_request_ids_are_hex() {
+        let mut out = [0u8; 16];
+        hex(0x0123_4567_89ab_cdef, &mut out);
+        assert_eq!(&out, b"0123456789abcdef");
+        let id = request_id_from(None);
+        assert_eq!(id.len(), 32);
+        assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
+        assert_eq!(request_id_from(Some(b"given-1")), "given-1");
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! prefix picks a port, and the load balancer picks one of the service's
 //! healthy instances; the request then streams to `instance_ip:port` and the
 //! response streams back. WebSocket and other upgrades are spliced through.
+//! Plain requests (no upgrade, no chunked upload, no `Expect`) take a fast
+//! path that relays them as bytes, like nginx (`passthrough`); everything
+//! else goes through hyper. Both share routing, balancing, retries,
+//! statistics and error responses (`proxy`).
 //! A request for a sleeping service (scaled to zero, marked
 //! [`ServiceRoutes::wakeable`]) is held while the control plane wakes it.
 //!
@@ -35,7 +39,12 @@
 //! |---|---|
 //! | [`table`] | the route table, its compiled form, counters that outlive it |
 //! | [`balance`] | least-outstanding-requests balancing (pure) |
-//! | `proxy` | one request: route, pick, forward, retry |
+//! | `proxy` | one request: route, pick, forward, retry (both paths) |
+//! | `passthrough` | the fast path: plain HTTP/1.1 relayed as bytes |
+//! | `h1` | request and response heads on the fast path (pure) |
+//! | `chunked` | finding the end of a chunked body (pure) |
+//! | `pool` | each worker's idle connections to instances |
+//! | `prefixed` | handing a connection to hyper with the bytes read |
 //! | [`hold`] | holding requests while a sleeping service wakes, [`Waker`] |
 //! | [`stats`] | per-service statistics, [`LatencyHistogram`] |
 //! | [`metrics`] | Prometheus metrics rendered from the statistics |
@@ -44,17 +53,22 @@
 //! | `upgrade` | splicing upgraded connections |
 //! | [`error`] | [`ProxyError`] and the one place it becomes a response |
 //! | [`hooks`] | request phases, the seam for custom observers |
-//! | `server` | accepting connections, graceful shutdown |
+//! | `server` | worker threads, accepting connections, graceful shutdown |
 
 #![forbid(unsafe_code)]
 
 pub mod balance;
 mod body;
+mod chunked;
 pub mod error;
+mod h1;
 mod headers;
 pub mod hold;
 pub mod hooks;
 pub mod metrics;
+mod passthrough;
+mod pool;
+mod prefixed;
 mod proxy;
 mod server;
 pub mod stats;

@@ -42,13 +42,7 @@ impl Router {
         tasks: &ServeTasks,
     ) -> Response<ProxyBody> {
         let request_id = headers::request_id(request.headers());
-        let span = tracing::info_span!(
-            "request",
-            request_id = request_id.to_str().unwrap_or("-"),
-            app = tracing::field::Empty,
-            service = tracing::field::Empty,
-            instance = tracing::field::Empty,
-        );
+        let span = request_span(&request_id);
         let mut scope = RequestScope::new(request_id.clone(), self.hooks.clone());
         async {
             match self
@@ -59,21 +53,73 @@ impl Router {
                     response.headers_mut().insert(X_REQUEST_ID, request_id);
                     response
                 }
-                Err(error) => {
-                    // The instance is done with this request.
-                    scope.leave_instance();
-                    if scope.stats().is_none() {
-                        // Matched no service: count it as unrouted.
-                        scope.set_stats(RequestStats::arrive(self.services.unrouted()));
-                    }
-                    scope.respond(error.status());
-                    scope.phase(Phase::Failed { error: &error });
-                    error_response(&error, &request_id, scope.take())
-                }
+                Err(error) => self.fail(&error, &request_id, &mut scope),
             }
         }
         .instrument(span)
         .await
+    }
+
+    /// The response for a request that failed with `error`: ends its
+    /// stay at the instance, counts it (as unrouted if it matched no
+    /// service) and moves its scope into the response body. Both paths
+    /// answer failures through here.
+    pub(crate) fn fail(
+        &self,
+        error: &ProxyError,
+        request_id: &HeaderValue,
+        scope: &mut RequestScope,
+    ) -> Response<ProxyBody> {
+        // The instance is done with this request.
+        scope.leave_instance();
+        if scope.stats().is_none() {
+            // Matched no service: count it as unrouted.
+            scope.set_stats(RequestStats::arrive(self.services.unrouted()));
+        }
+        scope.respond(error.status());
+        scope.phase(Phase::Failed { error });
+        error_response(error, request_id, scope.take())
+    }
+
+    /// Step 1, for both paths: the service serving `host` and its port for
+    /// `path`, once the service has instances (a sleeping one holds the
+    /// request until it wakes). Counts the request in the service's
+    /// statistics and tells the hooks it is routed.
+    pub(crate) async fn route_request(
+        &self,
+        host: Option<&str>,
+        sandbox: Option<(&str, Option<&str>)>,
+        path: &str,
+        scope: &mut RequestScope,
+    ) -> Result<(Arc<CompiledService>, u16), ProxyError> {
+        let host = host.ok_or(ErrorKind::MissingHost)?;
+        let sandbox = self.route_sandbox(sandbox, host)?;
+        let mut service = match &sandbox {
+            Some((sandbox, _port)) => sandbox.clone(),
+            None => self.route(host)?,
+        };
+        let span = tracing::Span::current();
+        span.record("app", &*service.app);
+        span.record("service", &*service.service);
+        scope.update(|info| {
+            info.app = Some(service.app.clone());
+            info.service = Some(service.service.clone());
+        });
+        scope.set_stats(RequestStats::arrive(service.state.clone()));
+        let mut port = match sandbox {
+            Some((_, port)) => port,
+            None => route_port(&service, path)?,
+        };
+        if service.backends.is_empty() {
+            if !service.wakeable {
+                return Err(no_healthy_instance(&service));
+            }
+            service = self.hold(service, host, scope).await?;
+            // The table that woke the service may route the path elsewhere.
+            port = route_port(&service, path)?;
+        }
+        scope.phase(Phase::Routed);
+        Ok((service, port))
     }
 
     /// Routes and forwards `request`. On success the scope has moved into
@@ -93,33 +139,27 @@ impl Router {
             )
             .into());
         }
-        let host = original_host(&request).ok_or(ErrorKind::MissingHost)?;
-        let sandbox = self.route_sandbox(&request, &host)?;
-        let mut service = match &sandbox {
-            Some((sandbox, _port)) => sandbox.clone(),
-            None => self.route(&host)?,
+        let host = original_host(&request);
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(str::trim)
         };
-        let span = tracing::Span::current();
-        span.record("app", &*service.app);
-        span.record("service", &*service.service);
-        scope.update(|info| {
-            info.app = Some(service.app.clone());
-            info.service = Some(service.service.clone());
+        let sandbox = header(headers::E2B_SANDBOX_ID).map(|id| {
+            (
+                id.to_string(),
+                header(headers::E2B_SANDBOX_PORT).map(str::to_string),
+            )
         });
-        scope.set_stats(RequestStats::arrive(service.state.clone()));
-        let mut port = match sandbox {
-            Some((_, port)) => port,
-            None => route_port(&service, request.uri().path())?,
-        };
-        if service.backends.is_empty() {
-            if !service.wakeable {
-                return Err(no_healthy_instance(&service));
-            }
-            service = self.hold(service, &host, scope).await?;
-            // The table that woke the service may route the path elsewhere.
-            port = route_port(&service, request.uri().path())?;
-        }
-        scope.phase(Phase::Routed);
+        let sandbox = sandbox
+            .as_ref()
+            .map(|(id, port)| (id.as_str(), port.as_deref()));
+        let (service, port) = self
+            .route_request(host.as_deref(), sandbox, request.uri().path(), scope)
+            .await?;
+        let host = host.unwrap_or_default();
 
         // 2. Prepare what the instance receives.
         let upgrading = headers::is_upgrade_request(request.headers());
@@ -135,34 +175,14 @@ impl Router {
             .path_and_query()
             .map_or("/", |path_and_query| path_and_query.as_str());
         let body = BodySlot::new(body);
-        // A bodiless GET, HEAD or OPTIONS may be sent again if the instance
-        // dropped the connection without answering: it changed nothing.
-        let replayable = !upgrading
-            && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
-            && bodiless;
-        let mut replayed = false;
+        let replayable = !upgrading && is_replayable(&parts.method, bodiless);
 
         // 3. Pick an instance and send; retry once if the connect fails.
-        let mut failed: Option<usize> = None;
+        let mut attempts = Attempts::new(replayable);
         let (mut response, upstream) = loop {
-            let (index, lease) = service
-                .pick(failed.as_slice())
-                .ok_or_else(|| no_healthy_instance(&service))?;
-            let backend = &service.backends[index];
-            let upstream = Box::new(Upstream {
-                app: service.app.clone(),
-                service: service.service.clone(),
-                instance_id: backend.instance_id.clone(),
-                addr: SocketAddr::new(backend.ip, port),
-            });
-            span.record("instance", &*upstream.instance_id);
-            scope.enter_instance(lease);
-            scope.update(|info| info.instance_id = Some(upstream.instance_id.clone()));
-            scope.phase(Phase::Forwarding);
-
-            let may_retry =
-                (failed.is_none() && service.backends.len() > 1) || (replayable && !replayed);
-            let attempt_headers = if may_retry {
+            let (index, addr) = attempts.start(&service, port, scope)?;
+            let upstream = upstream_at(&service, index, addr);
+            let attempt_headers = if attempts.may_retry(&service) {
                 request_headers.clone()
             } else {
                 std::mem::take(&mut request_headers)
@@ -178,23 +198,16 @@ impl Router {
                 Ok(Ok(response)) => break (response, upstream),
                 Ok(Err(error)) if error.is_connect() => {
                     let error = connect_error(error, upstream, self.config.connect_timeout);
-                    if error.retryable
-                        && failed.is_none()
-                        && service.backends.len() > 1
-                        && body.is_untouched()
-                    {
+                    if attempts.retry_connect(index, &error, &service, body.is_untouched()) {
                         tracing::debug!(%error, "connect failed; trying another instance");
-                        failed = Some(index);
                         continue;
                     }
                     return Err(error);
                 }
-                Ok(Err(error)) if replayable && !replayed && closed_without_answer(&error) => {
+                Ok(Err(error))
+                    if closed_without_answer(&error) && attempts.replay(index, &service) =>
+                {
                     tracing::debug!(%error, "instance closed the connection unanswered; sending again");
-                    replayed = true;
-                    if service.backends.len() > 1 {
-                        failed = Some(index);
-                    }
                     continue;
                 }
                 Ok(Err(error)) => return Err(upstream_failed(error, upstream)),
@@ -209,12 +222,7 @@ impl Router {
         // 4. Respond.
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
-                return Err(ErrorKind::UpstreamFailed {
-                    upstream,
-                    reason: "switched protocols although the request asked for no upgrade".into(),
-                    cause: None,
-                }
-                .into());
+                return Err(switched_unasked(upstream));
             };
             let instance_upgrade = hyper::upgrade::on(&mut response);
             headers::strip_hop_by_hop(response.headers_mut(), true);
@@ -238,21 +246,14 @@ impl Router {
     /// `E2b-Sandbox-Id` / `E2b-Sandbox-Port` headers (port 49983, the
     /// agent's, by default), or by a `<port>-<id>.<domain>` host that no
     /// service has. `None` for a request to a service.
-    fn route_sandbox<B>(
+    fn route_sandbox(
         &self,
-        request: &Request<B>,
+        header: Option<(&str, Option<&str>)>,
         host: &str,
     ) -> Result<Option<(Arc<CompiledService>, u16)>, ProxyError> {
         let table = self.table.load();
-        let header = |name: &str| {
-            request
-                .headers()
-                .get(name)
-                .and_then(|value| value.to_str().ok())
-                .map(str::trim)
-        };
-        if let Some(id) = header(headers::E2B_SANDBOX_ID) {
-            let port = match header(headers::E2B_SANDBOX_PORT) {
+        if let Some((id, port)) = header {
+            let port = match port {
                 None => headers::ENVD_PORT,
                 Some(port) => port.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
                     ErrorKind::BadSandboxPort {
@@ -278,11 +279,138 @@ impl Router {
     pub(crate) fn route(&self, host: &str) -> Result<Arc<CompiledService>, ProxyError> {
         let lookup = normalize_host(host);
         let table = self.table.load();
-        table
-            .service(&lookup)
-            .cloned()
-            .ok_or_else(|| ErrorKind::UnknownHost { host: lookup }.into())
+        table.service(&lookup).cloned().ok_or_else(|| {
+            ErrorKind::UnknownHost {
+                host: lookup.into_owned(),
+            }
+            .into()
+        })
     }
+}
+
+/// The span of one request; routing fills in app, service and instance.
+pub(crate) fn request_span(request_id: &HeaderValue) -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        request_id = request_id.to_str().unwrap_or("-"),
+        app = tracing::field::Empty,
+        service = tracing::field::Empty,
+        instance = tracing::field::Empty,
+    )
+}
+
+/// A bodiless GET, HEAD or OPTIONS may be sent again if the instance
+/// dropped the connection without answering: it changed nothing.
+pub(crate) fn is_replayable(method: &Method, bodiless: bool) -> bool {
+    bodiless && matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Steps 2 and 3, for both paths: which instance each attempt at sending a
+/// request goes to, and which failures may be tried again.
+///
+/// - A failed *connect* (nothing was sent) is retried once, on another
+///   instance, if the request body is still untouched.
+/// - A replayable request whose connection the instance closed without
+///   answering is sent once more, to another instance if there is one.
+#[derive(Debug)]
+pub(crate) struct Attempts {
+    /// The instance whose connect failed (or that dropped a replayable
+    /// request), not to be tried again.
+    failed: Option<usize>,
+    replayable: bool,
+    replayed: bool,
+}
+
+impl Attempts {
+    pub(crate) fn new(replayable: bool) -> Self {
+        Self {
+            failed: None,
+            replayable,
+            replayed: false,
+        }
+    }
+
+    /// Starts an attempt: picks the least-loaded instance not excluded,
+    /// counts the request there and tells the hooks. Returns the instance's
+    /// index and address.
+    pub(crate) fn start(
+        &self,
+        service: &CompiledService,
+        port: u16,
+        scope: &mut RequestScope,
+    ) -> Result<(usize, SocketAddr), ProxyError> {
+        let (index, lease) = service
+            .pick(self.failed.as_slice())
+            .ok_or_else(|| no_healthy_instance(service))?;
+        let backend = &service.backends[index];
+        tracing::Span::current().record("instance", &*backend.instance_id);
+        scope.enter_instance(lease);
+        scope.update(|info| info.instance_id = Some(backend.instance_id.clone()));
+        scope.phase(Phase::Forwarding);
+        Ok((index, SocketAddr::new(backend.ip, port)))
+    }
+
+    /// Could a failure of this attempt be retried? (Then the request must
+    /// be kept.)
+    pub(crate) fn may_retry(&self, service: &CompiledService) -> bool {
+        (self.failed.is_none() && service.backends.len() > 1) || (self.replayable && !self.replayed)
+    }
+
+    /// The connect to instance `index` failed with `error`: true if the
+    /// request goes to another instance.
+    pub(crate) fn retry_connect(
+        &mut self,
+        index: usize,
+        error: &ProxyError,
+        service: &CompiledService,
+        body_untouched: bool,
+    ) -> bool {
+        let retry = error.retryable
+            && self.failed.is_none()
+            && service.backends.len() > 1
+            && body_untouched;
+        if retry {
+            self.failed = Some(index);
+        }
+        retry
+    }
+
+    /// Instance `index` closed the connection without answering: true if
+    /// the request is sent again.
+    pub(crate) fn replay(&mut self, index: usize, service: &CompiledService) -> bool {
+        if !self.replayable || self.replayed {
+            return false;
+        }
+        self.replayed = true;
+        if service.backends.len() > 1 {
+            self.failed = Some(index);
+        }
+        true
+    }
+}
+
+/// Instance `index` of `service`, at `addr`, for error messages.
+pub(crate) fn upstream_at(
+    service: &CompiledService,
+    index: usize,
+    addr: SocketAddr,
+) -> Box<Upstream> {
+    Box::new(Upstream {
+        app: service.app.clone(),
+        service: service.service.clone(),
+        instance_id: service.backends[index].instance_id.clone(),
+        addr,
+    })
+}
+
+/// The instance switched protocols unasked.
+pub(crate) fn switched_unasked(upstream: Box<Upstream>) -> ProxyError {
+    ErrorKind::UpstreamFailed {
+        upstream,
+        reason: "switched protocols although the request asked for no upgrade".into(),
+        cause: None,
+    }
+    .into()
 }
 
 /// The host the client asked for: the `Host` header, or the authority of an
@@ -305,7 +433,7 @@ fn original_host<B>(request: &Request<B>) -> Option<String> {
 }
 
 /// The port of `service` serving `path` (404 if none does).
-fn route_port(service: &CompiledService, path: &str) -> Result<u16, ProxyError> {
+pub(crate) fn route_port(service: &CompiledService, path: &str) -> Result<u16, ProxyError> {
     service.port_for(path).ok_or_else(|| {
         ErrorKind::NoRoute {
             app: service.app.clone(),
@@ -333,8 +461,8 @@ fn upstream_uri(upstream: &Upstream, path_and_query: &str) -> Result<Uri, ProxyE
 }
 
 /// Classifies a failed connect: timed out (504) or refused/unreachable (502).
-fn connect_error(
-    error: hyper_util::client::legacy::Error,
+pub(crate) fn connect_error<E: StdError + Send + Sync + 'static>(
+    error: E,
     upstream: Box<Upstream>,
     timeout: std::time::Duration,
 ) -> ProxyError {
@@ -369,8 +497,8 @@ fn closed_without_answer(error: &hyper_util::client::legacy::Error) -> bool {
 
 /// A failure after the request started: retried only for replayable
 /// requests whose connection closed unanswered (see above).
-fn upstream_failed(
-    error: hyper_util::client::legacy::Error,
+pub(crate) fn upstream_failed<E: StdError + Send + Sync + 'static>(
+    error: E,
     upstream: Box<Upstream>,
 ) -> ProxyError {
     ErrorKind::UpstreamFailed {
@@ -382,7 +510,7 @@ fn upstream_failed(
 }
 
 /// A short, lower-case reason for an upstream failure.
-fn describe(error: &(dyn StdError + 'static)) -> String {
+pub(crate) fn describe(error: &(dyn StdError + 'static)) -> String {
     if let Some(hyper_error) = find_cause::<hyper::Error>(error) {
         if hyper_error.is_parse() || hyper_error.is_parse_status() {
             return "sent a malformed response".into();

@@ -9,9 +9,12 @@
 //! wake-ups, no contended locks. Shared state (the route table, counters)
 //! is read lock-free.
 //!
-//! Each accepted connection runs on its own task as an HTTP/1.1 connection
-//! with upgrades enabled. All connection and tunnel tasks are tracked, so
-//! shutdown can wait for them:
+//! Each accepted connection runs on its own task, first on the fast path
+//! (`passthrough`: plain HTTP/1.1 requests relayed as bytes over the
+//! worker's own pool of upstream connections), handed to hyper as an
+//! HTTP/1.1 connection with upgrades enabled at its first request that is
+//! not plain. All connection and tunnel tasks are tracked, so shutdown can
+//! wait for them:
 //!
 //! 1. the shutdown future resolves: every worker stops accepting, and the
 //!    listener closes;
@@ -27,6 +30,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::Request;
@@ -36,17 +40,21 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::futures::Notified;
+use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::Router;
 use crate::body::RequestBody;
+use crate::passthrough;
+use crate::pool::UpstreamPool;
 
 /// How long a client may take to send request headers, and how long an idle
 /// keep-alive connection stays open.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Pause after a failed `accept` (e.g. out of file descriptors), so the loop
 /// does not spin.
@@ -64,9 +72,29 @@ pub(crate) struct ServeTasks {
     /// Cancelled when `serve` returns or is dropped: cut everything.
     pub(crate) stop: CancellationToken,
     /// Cancelled when shutdown starts: finish what is in progress.
-    drain: CancellationToken,
-    /// This worker's connections to instances.
+    pub(crate) drain: CancellationToken,
+    /// Set once the worker saw `drain`, before `drained` is notified: a
+    /// cheap check for the hot path.
+    draining: AtomicBool,
+    /// Notified once the worker saw `drain`.
+    drained: Notify,
+    /// This worker's connections to instances, for hyper's path.
     pub(crate) client: UpstreamClient,
+    /// This worker's idle connections to instances, for the fast path.
+    pub(crate) pool: UpstreamPool,
+}
+
+impl ServeTasks {
+    /// Has shutdown started? (Connections then close after their response.)
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the worker saw the start of shutdown (after
+    /// `is_draining` turned true); enable it to miss no drain.
+    pub(crate) fn drained(&self) -> Notified<'_> {
+        self.drained.notified()
+    }
 }
 
 pub(crate) async fn serve(
@@ -82,10 +110,15 @@ pub(crate) async fn serve(
     let listener = listener.into_std()?;
     let workers = router.config.workers();
 
+    let shares = Arc::new(Shares::new(workers));
     let mut finished = Vec::with_capacity(workers);
     for index in 0..workers {
         let listener = listener.try_clone()?;
         let (router, stop, drain) = (router.clone(), stop.clone(), drain.clone());
+        let share = Share {
+            shares: shares.clone(),
+            worker: index,
+        };
         let (done, finished_rx) = oneshot::channel::<()>();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -95,7 +128,7 @@ pub(crate) async fn serve(
             .spawn(move || {
                 runtime.block_on(async move {
                     match TcpListener::from_std(listener) {
-                        Ok(listener) => worker(router, listener, stop, drain).await,
+                        Ok(listener) => worker(router, listener, share, stop, drain).await,
                         Err(error) => tracing::error!(%error, "router worker cannot listen"),
                     }
                 });
@@ -122,6 +155,7 @@ pub(crate) async fn serve(
 async fn worker(
     router: Arc<Router>,
     listener: TcpListener,
+    share: Share,
     stop: CancellationToken,
     drain: CancellationToken,
 ) {
@@ -130,16 +164,35 @@ async fn worker(
         stop,
         drain,
         client: upstream_client(&router),
+        pool: UpstreamPool::new(router.config.pool_idle_timeout),
+        draining: AtomicBool::new(false),
+        drained: Notify::new(),
     });
+    tasks.tracker.spawn(sweep_pool(tasks.clone()));
     loop {
+        // Leave new connections to the other workers while this one has
+        // more than its share: wait until the shares change.
+        let changed = share.shares.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let turn = share.may_accept();
         tokio::select! {
-            () = tasks.drain.cancelled() => break,
+            () = tasks.drain.cancelled() => {
+                tasks.draining.store(true, Ordering::Release);
+                tasks.drained.notify_waiters();
+                break;
+            }
             () = tasks.stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
+            () = changed, if !turn => {}
+            accepted = listener.accept(), if turn => match accepted {
                 Ok((stream, client)) => {
                     let router = router.clone();
                     let conn_tasks = tasks.clone();
-                    tasks.tracker.spawn(serve_connection(router, stream, client, conn_tasks));
+                    let open = share.open();
+                    tasks.tracker.spawn(async move {
+                        serve_connection(router, stream, client, conn_tasks).await;
+                        drop(open);
+                    });
                 }
                 // Another worker took it.
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -169,6 +222,96 @@ fn upstream_client(router: &Router) -> UpstreamClient {
         .build(connector)
 }
 
+/// How many connections more than the least-loaded worker a worker may
+/// have open and still accept.
+const ACCEPT_SLACK: usize = 1;
+
+/// The open connections of every worker. All workers are woken by a new
+/// connection, and the first to run would take a whole burst of them (one
+/// thread then serves everything while the others idle, as a benchmark's
+/// 64 connections opened at once show); so a worker accepts only while it
+/// has at most [`ACCEPT_SLACK`] more open connections than the least-loaded
+/// one. The least-loaded worker always accepts, so no connection waits for
+/// a turn that never comes. (nginx similarly stops accepting in a worker
+/// whose connections run out.)
+struct Shares {
+    open: Box<[AtomicUsize]>,
+    /// Notified whenever a count changes.
+    changed: Notify,
+}
+
+impl Shares {
+    fn new(workers: usize) -> Self {
+        Self {
+            open: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+            changed: Notify::new(),
+        }
+    }
+}
+
+/// One worker's place in [`Shares`].
+struct Share {
+    shares: Arc<Shares>,
+    worker: usize,
+}
+
+impl Share {
+    /// Is it this worker's turn to accept?
+    fn may_accept(&self) -> bool {
+        let loads: Vec<usize> = self
+            .shares
+            .open
+            .iter()
+            .map(|open| open.load(Ordering::Relaxed))
+            .collect();
+        has_turn(&loads, self.worker)
+    }
+
+    /// Counts a connection at this worker until the guard is dropped.
+    fn open(&self) -> OpenConnection {
+        self.shares.open[self.worker].fetch_add(1, Ordering::Relaxed);
+        self.shares.changed.notify_waiters();
+        OpenConnection {
+            shares: self.shares.clone(),
+            worker: self.worker,
+        }
+    }
+}
+
+/// A connection counted in [`Shares`].
+struct OpenConnection {
+    shares: Arc<Shares>,
+    worker: usize,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.shares.open[self.worker].fetch_sub(1, Ordering::Relaxed);
+        self.shares.changed.notify_waiters();
+    }
+}
+
+/// May worker `me` accept, given every worker's open connections?
+fn has_turn(loads: &[usize], me: usize) -> bool {
+    let least = loads.iter().copied().min().unwrap_or(0);
+    loads
+        .get(me)
+        .is_none_or(|&mine| mine <= least + ACCEPT_SLACK)
+}
+
+/// Drops the worker's expired idle upstream connections now and then, until
+/// shutdown starts.
+async fn sweep_pool(tasks: Arc<ServeTasks>) {
+    let period = tasks.pool.idle_timeout().max(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = tasks.drain.cancelled() => return,
+            () = tasks.stop.cancelled() => return,
+            () = tokio::time::sleep(period) => tasks.pool.sweep(),
+        }
+    }
+}
+
 /// Serves one client connection until it closes or the server stops.
 async fn serve_connection(
     router: Arc<Router>,
@@ -179,6 +322,24 @@ async fn serve_connection(
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "could not set TCP_NODELAY");
     }
+    let stop = tasks.stop.clone();
+    tokio::select! {
+        () = passthrough::serve(router, stream, client, tasks) => {}
+        () = stop.cancelled() => {}
+    }
+}
+
+/// Serves a client connection with hyper (HTTP/1.1, upgrades enabled) until
+/// it closes; at drain, idle connections close at once, busy ones after
+/// their current response. (The caller cuts it when the server stops.)
+pub(crate) async fn serve_hyper<I>(
+    router: Arc<Router>,
+    io: I,
+    client: SocketAddr,
+    tasks: Arc<ServeTasks>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let handler_tasks = tasks.clone();
     let service = service_fn(move |request: Request<Incoming>| {
         let router = router.clone();
@@ -188,7 +349,7 @@ async fn serve_connection(
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     let mut connection = pin!(connection);
     let mut draining = false;
@@ -204,7 +365,40 @@ async fn serve_connection(
                 connection.as_mut().graceful_shutdown();
                 draining = true;
             }
-            () = tasks.stop.cancelled() => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_least_loaded_worker_always_has_a_turn() {
+        assert!(has_turn(&[0], 0));
+        assert!(has_turn(&[7], 0), "a lone worker always accepts");
+        assert!(has_turn(&[0, 0], 0) && has_turn(&[0, 0], 1));
+        assert!(has_turn(&[1, 0], 0), "within the slack");
+        assert!(!has_turn(&[2, 0], 0));
+        assert!(has_turn(&[2, 0], 1));
+        assert!(has_turn(&[5, 4, 6], 1) && has_turn(&[5, 4, 6], 0) && !has_turn(&[5, 4, 6], 2));
+    }
+
+    #[test]
+    fn bursts_split_evenly() {
+        // Whoever runs takes a connection if it has a turn: the first
+        // worker runs most often, yet the split stays even.
+        let mut loads = [0usize; 2];
+        for round in 0..64 {
+            let worker = if round % 5 == 4 { 1 } else { 0 };
+            let taker = if has_turn(&loads, worker) {
+                worker
+            } else {
+                1 - worker
+            };
+            assert!(has_turn(&loads, taker));
+            loads[taker] += 1;
+        }
+        assert!(loads[0].abs_diff(loads[1]) <= ACCEPT_SLACK + 1, "{loads:?}");
     }
 }

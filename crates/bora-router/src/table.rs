@@ -12,6 +12,7 @@
 //! counter for the same instance or service, and forget it only once no
 //! table and no request references it any more.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -412,8 +413,9 @@ fn normalize_domain(domain: &str) -> String {
 }
 
 /// The host part of a `Host` header value: port stripped, lower-case,
-/// without a trailing dot. IPv6 literals keep their brackets.
-pub(crate) fn normalize_host(host: &str) -> String {
+/// without a trailing dot. IPv6 literals keep their brackets. Borrowed
+/// when nothing needs lower-casing (the usual case: no allocation).
+pub(crate) fn normalize_host(host: &str) -> Cow<'_, str> {
     let host = host.trim();
     let name = if host.starts_with('[') {
         // `[::1]:8080` → `[::1]`
@@ -421,7 +423,12 @@ pub(crate) fn normalize_host(host: &str) -> String {
     } else {
         host.rsplit_once(':').map_or(host, |(name, _port)| name)
     };
-    name.trim_end_matches('.').to_ascii_lowercase()
+    let name = name.trim_end_matches('.');
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    }
 }
 
 /// `/api/` → `/api`, `api` → `/api`, `` and `/` → `/`.

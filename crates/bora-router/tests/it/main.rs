@@ -6,6 +6,7 @@ mod errors;
 mod headers;
 mod lifecycle;
 mod metrics;
+mod passthrough;
 mod routing;
 mod streaming;
 mod upgrade;
