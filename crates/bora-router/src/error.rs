@@ -76,7 +76,7 @@ pub enum ErrorKind {
     },
     /// No running sandbox has the id the request names.
     #[error(
-        "no running sandbox {id:?}: it was killed, timed out or never existed (list them with bora sandboxes list)"
+        "no running sandbox {id:?}: it was killed, timed out or never existed (GET /v1/sandboxes lists the running ones)"
     )]
     UnknownSandbox { id: String },
     /// The sandbox port a request names is not a port.

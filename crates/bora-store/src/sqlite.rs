@@ -717,47 +717,21 @@ impl Store for SqliteStore {
     }
 
     fn set_sandbox_state(&self, id: &str, state: SandboxState, reason: &str) -> Result<Sandbox> {
-        self.write(|tx| {
-            let n = tx.execute(
-                "UPDATE sandboxes SET state = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1",
-                params![id, state.as_str(), reason, now()],
-            )?;
-            if n == 0 {
-                return Err(StoreError::not_found("sandbox", id));
-            }
-            Ok(())
-        })?;
+        self.update_sandbox(
+            id,
+            "state = ?3, reason = ?4",
+            params![state.as_str(), reason],
+        )?;
         self.get_sandbox(id)
     }
 
     fn set_sandbox_ip(&self, id: &str, ip: Option<&str>) -> Result<()> {
-        self.write(|tx| {
-            let n = tx.execute(
-                "UPDATE sandboxes SET ip = ?2, updated_at = ?3 WHERE id = ?1",
-                params![id, ip, now()],
-            )?;
-            if n == 0 {
-                return Err(StoreError::not_found("sandbox", id));
-            }
-            Ok(())
-        })
+        self.update_sandbox(id, "ip = ?3", params![ip])
     }
 
     fn set_sandbox_end_at(&self, id: &str, end_at: DateTime<Utc>) -> Result<Sandbox> {
-        self.write(|tx| {
-            let n = tx.execute(
-                "UPDATE sandboxes SET end_at = ?2, updated_at = ?3 WHERE id = ?1",
-                params![
-                    id,
-                    end_at.to_rfc3339_opts(SecondsFormat::Micros, true),
-                    now()
-                ],
-            )?;
-            if n == 0 {
-                return Err(StoreError::not_found("sandbox", id));
-            }
-            Ok(())
-        })?;
+        let end_at = end_at.to_rfc3339_opts(SecondsFormat::Micros, true);
+        self.update_sandbox(id, "end_at = ?3", params![end_at])?;
         self.get_sandbox(id)
     }
 
@@ -929,6 +903,22 @@ impl SqliteStore {
             .open(sealed)
             .ok_or_else(|| corrupt("cannot decrypt its token (a different secret key?)".into()))?;
         serde_json::from_slice(&plain).map_err(|e| corrupt(e.to_string()))
+    }
+
+    /// `UPDATE sandboxes SET <set>` for sandbox `id` (`?1`), stamping
+    /// `updated_at` (`?2`); `values` are `?3` onwards. Not found if there
+    /// is no such sandbox.
+    fn update_sandbox(&self, id: &str, set: &str, values: &[&dyn rusqlite::ToSql]) -> Result<()> {
+        let at = now();
+        let mut all: Vec<&dyn rusqlite::ToSql> = vec![&id, &at];
+        all.extend_from_slice(values);
+        self.write(|tx| {
+            let sql = format!("UPDATE sandboxes SET {set}, updated_at = ?2 WHERE id = ?1");
+            if tx.execute(&sql, all.as_slice())? == 0 {
+                return Err(StoreError::not_found("sandbox", id));
+            }
+            Ok(())
+        })
     }
 
     fn unseal_sandbox(&self, row: SandboxRow) -> Result<Sandbox> {

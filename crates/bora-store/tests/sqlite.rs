@@ -348,6 +348,18 @@ fn sandboxes_keep_their_token_and_env_sealed_and_follow_their_states() {
     );
 
     store.set_sandbox_ip("sb1", Some("10.89.0.2")).unwrap();
+    assert!(
+        store
+            .set_sandbox_ip("nope", None)
+            .unwrap_err()
+            .is_not_found()
+    );
+    assert!(
+        store
+            .set_sandbox_state("nope", SandboxState::Killed, "x")
+            .unwrap_err()
+            .is_not_found()
+    );
     let running = store
         .set_sandbox_state("sb1", SandboxState::Running, "envd answers")
         .unwrap();
