@@ -157,15 +157,16 @@ async fn rollout(ctl: &Arc<Controller>, id: &str) -> Result<(), ControlError> {
         let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
     }
 
-    // 4. Shift traffic, then retire the previous deployments.
+    // 4. Shift traffic, then say so (a client waiting for `healthy` must
+    // find the new deployment routed), then retire the previous ones.
+    ctl.store.set_active_deployment(id)?;
+    ctl.publish_routes();
     set(
         ctl,
         id,
         DeploymentStatus::Healthy,
         &format!("{want} instance(s) healthy"),
     )?;
-    ctl.store.set_active_deployment(id)?;
-    ctl.publish_routes();
     let older = ctl.store.list_deployments(&DeploymentFilter {
         app: Some(&d.app),
         service: Some(&d.service),
