@@ -49,6 +49,30 @@ else
   say "installed ${missing[*]}"
 fi
 
+# gVisor older than 2023 refuses statx(AT_NO_AUTOMOUNT), so `ls` and `stat`
+# fail inside sandboxes ("Invalid argument"); Debian 12's runsc is from
+# 2022-12. Take it from bookworm-backports (Debian's own newer build).
+runsc_date=$(runsc --version 2>/dev/null | sed -n 's/^runsc version [0-9.]*~\([0-9]\{8\}\).*/\1/p')
+if [ -n "$runsc_date" ] && [ "$runsc_date" -lt 20240101 ]; then
+  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+  if [ "$codename" = bookworm ]; then
+    say "runsc $runsc_date is too old for sandboxes (ls fails in it): installing gVisor from bookworm-backports"
+    cat > /etc/apt/sources.list.d/bora-bookworm-backports.sources <<'SOURCES'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SOURCES
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends -t bookworm-backports runsc >/dev/null
+    say "installed $(runsc --version | head -1)"
+  else
+    say "warning: runsc $runsc_date predates 2024: ls and stat fail inside gVisor sandboxes; install a newer gVisor"
+  fi
+fi
+
 # The engine's tests fetch their models with pip and drive the engine with
 # the OpenAI Python SDK in a virtualenv.
 if ! python3 -c 'import venv, ensurepip, pip' >/dev/null 2>&1; then

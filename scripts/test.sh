@@ -22,5 +22,8 @@ scripts/fetch-models.sh >/dev/null
 echo "test: building the sandbox agent (static bora-envd)" >&2
 scripts/build-envd.sh >/dev/null
 
+echo "test: installing the pinned E2B SDKs (target/sdk)" >&2
+scripts/install-sdks.sh
+
 echo "test: cargo nextest run --workspace" >&2
 cargo nextest run --workspace --no-fail-fast

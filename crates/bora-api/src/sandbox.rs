@@ -209,6 +209,105 @@ pub struct SandboxTimeout {
     pub timeout: Duration,
 }
 
+/// What `POST /v1/sandboxes/{id}/exec` takes: one shell command to run in
+/// the sandbox, whose output streams back as [`ExecEvent`]s.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// A shell command line, run by `/bin/bash -l -c` (as the E2B SDKs run
+    /// commands).
+    #[schema(example = "echo hello && python3 -c 'print(6*7)'")]
+    pub cmd: String,
+    /// The sandbox user to run it as; the sandbox's default user (`user` in
+    /// the `base` template) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The working directory: absolute, or relative to the user's home; the
+    /// user's home when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Environment variables for this command, on top of the sandbox's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+/// One event of an exec's response: `application/x-ndjson`, one JSON
+/// object per line, sent as it happens. A stream starts with `start`, has
+/// any number of `stdout`/`stderr` chunks, and ends with `exit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ExecEvent {
+    /// The command started, as process `pid` of the sandbox.
+    Start { pid: u32 },
+    /// Bytes the command wrote to its standard output.
+    Stdout {
+        /// The bytes, base64-encoded.
+        #[serde(with = "base64_bytes")]
+        #[schema(value_type = String, format = Byte)]
+        data: Vec<u8>,
+    },
+    /// Bytes the command wrote to its standard error.
+    Stderr {
+        /// The bytes, base64-encoded.
+        #[serde(with = "base64_bytes")]
+        #[schema(value_type = String, format = Byte)]
+        data: Vec<u8>,
+    },
+    /// The command ended (always the last event).
+    Exit {
+        /// Its exit status: the code it exited with, or 128 + N when signal
+        /// N killed it (as shells report it); -1 when it is unknown, which
+        /// `error` explains.
+        exit_code: i32,
+        /// The signal that killed it, if one did.
+        #[serde(default)]
+        signal: Option<i32>,
+        /// Why the command's end is not known (the sandbox stopped, its
+        /// agent failed); `null` when it ran to its end.
+        #[serde(default)]
+        error: Option<String>,
+    },
+}
+
+impl ExecEvent {
+    /// The exit status a CLI should end with for this `exit` event: the
+    /// command's status, clamped to 0–255; 1 when it is unknown. `None` for
+    /// the other events.
+    pub fn exit_status(&self) -> Option<u8> {
+        match self {
+            ExecEvent::Exit { exit_code, .. } => {
+                Some(u8::try_from(*exit_code).unwrap_or(if *exit_code < 0 { 1 } else { 255 }))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// `Vec<u8>` as standard base64 with padding; parsing accepts missing
+/// padding too.
+mod base64_bytes {
+    use base64::Engine;
+    use base64::engine::DecodePaddingMode;
+    use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        LENIENT
+            .decode(text.as_bytes())
+            .map_err(|e| serde::de::Error::custom(format!("invalid base64 in `data`: {e}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,5 +353,80 @@ mod tests {
         }
         assert!(SandboxState::TimedOut.is_final());
         assert!(!SandboxState::Paused.is_final());
+    }
+
+    #[test]
+    fn exec_requests_are_strict_and_minimal() {
+        let req: ExecRequest = serde_json::from_str(r#"{"cmd": "ls"}"#).unwrap();
+        assert_eq!(
+            req,
+            ExecRequest {
+                cmd: "ls".into(),
+                ..ExecRequest::default()
+            }
+        );
+        assert_eq!(serde_json::to_string(&req).unwrap(), r#"{"cmd":"ls"}"#);
+        let err =
+            serde_json::from_str::<ExecRequest>(r#"{"cmd": "ls", "usr": "root"}"#).unwrap_err();
+        assert!(err.to_string().contains("usr"), "{err}");
+        assert!(
+            serde_json::from_str::<ExecRequest>("{}").is_err(),
+            "cmd is required"
+        );
+    }
+
+    #[test]
+    fn exec_events_are_tagged_lines_with_base64_data() {
+        let events = [
+            (ExecEvent::Start { pid: 7 }, r#"{"type":"start","pid":7}"#),
+            (
+                ExecEvent::Stdout {
+                    data: b"hi\n\xff".to_vec(),
+                },
+                r#"{"type":"stdout","data":"aGkK/w=="}"#,
+            ),
+            (
+                ExecEvent::Stderr { data: Vec::new() },
+                r#"{"type":"stderr","data":""}"#,
+            ),
+            (
+                ExecEvent::Exit {
+                    exit_code: 137,
+                    signal: Some(9),
+                    error: None,
+                },
+                r#"{"type":"exit","exit_code":137,"signal":9,"error":null}"#,
+            ),
+        ];
+        for (event, json) in events {
+            assert_eq!(serde_json::to_string(&event).unwrap(), json);
+            assert_eq!(serde_json::from_str::<ExecEvent>(json).unwrap(), event);
+        }
+        let unpadded: ExecEvent =
+            serde_json::from_str(r#"{"type":"stdout","data":"aGkK/w"}"#).unwrap();
+        assert_eq!(
+            unpadded,
+            ExecEvent::Stdout {
+                data: b"hi\n\xff".to_vec()
+            }
+        );
+        let err =
+            serde_json::from_str::<ExecEvent>(r#"{"type":"stdout","data":"%%"}"#).unwrap_err();
+        assert!(err.to_string().contains("invalid base64"), "{err}");
+    }
+
+    #[test]
+    fn exit_statuses_fit_a_process_exit_code() {
+        let exit = |exit_code| ExecEvent::Exit {
+            exit_code,
+            signal: None,
+            error: None,
+        };
+        assert_eq!(exit(0).exit_status(), Some(0));
+        assert_eq!(exit(3).exit_status(), Some(3));
+        assert_eq!(exit(137).exit_status(), Some(137));
+        assert_eq!(exit(300).exit_status(), Some(255));
+        assert_eq!(exit(-1).exit_status(), Some(1));
+        assert_eq!(ExecEvent::Start { pid: 1 }.exit_status(), None);
     }
 }

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use bora_api::{
-    ApiErrorBody, App, CreateSecret, Deployment, Event, Instance, List, Secret, Service,
-    ServiceSpec,
+    ApiErrorBody, App, CreateSecret, Deployment, Event, ExecRequest, Instance, List, NewSandbox,
+    Sandbox, SandboxTimeout, Secret, Service, ServiceSpec,
 };
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 use serde::Serialize;
@@ -192,6 +192,105 @@ impl ApiClient {
         self.delete(&["v1", "secrets", name]).await
     }
 
+    // ---- sandboxes ----
+
+    /// Creates a sandbox; returns it running.
+    pub async fn create_sandbox(&self, new: &NewSandbox) -> Result<Sandbox, CliError> {
+        self.send_json(Method::POST, &["v1", "sandboxes"], new)
+            .await
+    }
+
+    /// Live sandboxes; with `all`, also those ended in the last hour.
+    pub async fn list_sandboxes(&self, all: bool) -> Result<List<Sandbox>, CliError> {
+        let query: Vec<_> = all
+            .then(|| ("all", "true".to_string()))
+            .into_iter()
+            .collect();
+        self.get(&["v1", "sandboxes"], &query).await
+    }
+
+    pub async fn get_sandbox(&self, id: &str) -> Result<Sandbox, CliError> {
+        self.get(&["v1", "sandboxes", id], &[]).await
+    }
+
+    pub async fn kill_sandbox(&self, id: &str) -> Result<(), CliError> {
+        self.delete(&["v1", "sandboxes", id]).await
+    }
+
+    /// Gives a sandbox `timeout` more to live, from now.
+    pub async fn set_sandbox_timeout(
+        &self,
+        id: &str,
+        timeout: bora_api::Duration,
+    ) -> Result<Sandbox, CliError> {
+        self.send_json(
+            Method::POST,
+            &["v1", "sandboxes", id, "timeout"],
+            &SandboxTimeout { timeout },
+        )
+        .await
+    }
+
+    pub async fn pause_sandbox(&self, id: &str) -> Result<Sandbox, CliError> {
+        self.send_json(
+            Method::POST,
+            &["v1", "sandboxes", id, "pause"],
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    pub async fn resume_sandbox(&self, id: &str) -> Result<Sandbox, CliError> {
+        self.send_json(
+            Method::POST,
+            &["v1", "sandboxes", id, "resume"],
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// Starts a command in a sandbox; the caller reads the NDJSON stream of
+    /// [`bora_api::ExecEvent`]s from the body.
+    pub async fn exec(&self, id: &str, req: &ExecRequest) -> Result<(Url, Response), CliError> {
+        let url = self.url(&["v1", "sandboxes", id, "exec"]);
+        // No overall timeout: the command runs as long as it runs.
+        let request = self.http.post(url.clone()).json(req);
+        let response = self.send(request, &url).await?;
+        Ok((url, response))
+    }
+
+    /// Opens a sandbox's file for download; the caller reads the body.
+    pub async fn download_file(
+        &self,
+        id: &str,
+        path: &str,
+        user: Option<&str>,
+    ) -> Result<(Url, Response), CliError> {
+        let url = self.url(&["v1", "sandboxes", id, "files"]);
+        let request = self.http.get(url.clone()).query(&file_query(path, user));
+        let response = self.send(request, &url).await?;
+        Ok((url, response))
+    }
+
+    /// Writes `body` to a file in a sandbox (parent directories created).
+    pub async fn upload_file(
+        &self,
+        id: &str,
+        path: &str,
+        user: Option<&str>,
+        body: reqwest::Body,
+    ) -> Result<(), CliError> {
+        let url = self.url(&["v1", "sandboxes", id, "files"]);
+        let request = self
+            .http
+            .put(url.clone())
+            .query(&file_query(path, user))
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body);
+        self.send(request, &url).await?;
+        Ok(())
+    }
+
     // ---- logs ----
 
     /// Opens the NDJSON log stream of a service; the caller reads the body.
@@ -332,6 +431,15 @@ impl ApiClient {
             detail: format!("{cause}; {hint}"),
         }
     }
+}
+
+/// `?path=&user=` of the sandbox files API.
+fn file_query<'a>(path: &'a str, user: Option<&'a str>) -> Vec<(&'static str, &'a str)> {
+    let mut query = vec![("path", path)];
+    if let Some(user) = user {
+        query.push(("user", user));
+    }
+    query
 }
 
 /// Reads a 2xx body as `T`.

@@ -172,6 +172,43 @@ pub enum CliError {
         waiting: Vec<String>,
     },
 
+    /// `bora sandboxes cp` with no side in a sandbox.
+    #[error(
+        "neither {src:?} nor {dst:?} is in a sandbox: write one side as ID:/path, e.g. `bora sandboxes cp ./data.csv ID:/home/user/data.csv`"
+    )]
+    CpNoSandbox { src: String, dst: String },
+
+    /// `bora sandboxes cp` with both sides in sandboxes.
+    #[error(
+        "both {src:?} and {dst:?} are in sandboxes: copy through a local file (`bora sandboxes cp ID1:/a ./a`, then `bora sandboxes cp ./a ID2:/b`)"
+    )]
+    CpTwoSandboxes { src: String, dst: String },
+
+    /// A `bora sandboxes cp` argument that cannot be used as it is.
+    #[error("invalid copy {side} {input:?}: {reason}")]
+    CpInvalidPath {
+        /// `source` or `destination`.
+        side: &'static str,
+        input: String,
+        reason: String,
+    },
+
+    /// A local file could not be written.
+    #[error("cannot write {}: {source}", .path.display())]
+    WriteFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Reading data from standard input failed.
+    #[error("cannot read standard input: {0}")]
+    ReadInput(#[source] std::io::Error),
+
+    /// `bora sandboxes exec`: the command's stream was cut short.
+    #[error("{message} (the command's exit status is unknown)")]
+    ExecLost { message: String },
+
     /// Writing the output failed.
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),

@@ -1,6 +1,6 @@
 //! The `bora` command-line client: the commands that talk to Bora's REST API
 //! (`deploy`, `apps`, `services`, `deployments`, `instances`, `logs`,
-//! `secrets`).
+//! `secrets`, `events`, `sandboxes`).
 //!
 //! The `bora` binary owns the top-level parser (it also has `bora server`);
 //! it flattens [`GlobalOpts`] and [`ClientCommand`] into it and calls [`run`]:
@@ -62,6 +62,7 @@ pub use commands::deployments::DeploymentsCommand;
 pub use commands::events::EventsArgs;
 pub use commands::instances::InstancesCommand;
 pub use commands::logs::LogsArgs;
+pub use commands::sandboxes::SandboxesCommand;
 pub use commands::secrets::SecretsCommand;
 pub use commands::services::ServicesCommand;
 pub use error::CliError;
@@ -122,6 +123,9 @@ pub enum ClientCommand {
     Secrets(SecretsCommand),
     /// Scaling decisions, sleeps and wake-ups.
     Events(EventsArgs),
+    /// Create sandboxes for AI agents, run commands and copy files in them.
+    #[command(subcommand, visible_aliases = ["sandbox", "sbx"])]
+    Sandboxes(SandboxesCommand),
 }
 
 /// `bora <client command>` on its own: the global options and one command.

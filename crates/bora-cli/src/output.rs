@@ -5,7 +5,7 @@
 //! (Bora's IDs are random, so a prefix tells them apart). Commands that take
 //! an ID accept such a short ID too (see [`crate::refs`]).
 
-use bora_api::{App, Deployment, Event, Instance, List, LogLine, Secret, Service};
+use bora_api::{App, Deployment, Event, Instance, List, LogLine, Sandbox, Secret, Service};
 use chrono::{DateTime, SecondsFormat, Utc};
 use comfy_table::{ContentArrangement, Table, presets};
 use serde::Serialize;
@@ -374,6 +374,89 @@ impl Row for Secret {
     }
 }
 
+/// How long until `end` (`4m`), or `-` for a sandbox that has ended.
+fn ends_in(sandbox: &Sandbox, now: DateTime<Utc>) -> String {
+    if sandbox.state.is_final() {
+        "-".to_string()
+    } else {
+        age(now, sandbox.end_at)
+    }
+}
+
+/// `k=v,k2=v2`, or `-`.
+fn key_values(map: &std::collections::BTreeMap<String, String>) -> String {
+    let joined = map
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    or_dash(Some(&joined))
+}
+
+impl Row for Sandbox {
+    const HEADER: &'static [&'static str] = &[
+        "ID",
+        "TEMPLATE",
+        "STATE",
+        "ISOLATION",
+        "AGE",
+        "ENDS IN",
+        "METADATA",
+    ];
+    fn cells(&self, now: DateTime<Utc>) -> Vec<String> {
+        vec![
+            self.id.clone(),
+            self.template.clone(),
+            self.state.to_string(),
+            self.isolation.to_string(),
+            age(self.created_at, now),
+            ends_in(self, now),
+            key_values(&self.metadata),
+        ]
+    }
+}
+
+impl Fields for Sandbox {
+    fn fields(&self, now: DateTime<Utc>) -> Vec<(&'static str, String)> {
+        let r = &self.resources;
+        let ends = if self.state.is_final() {
+            time(self.end_at)
+        } else {
+            format!("{} (in {})", time(self.end_at), ends_in(self, now))
+        };
+        vec![
+            ("ID", self.id.clone()),
+            ("Template", self.template.clone()),
+            ("Image", self.image.clone()),
+            ("State", self.state.to_string()),
+            ("Reason", or_dash(Some(&self.reason))),
+            ("Isolation", self.isolation.to_string()),
+            ("IP", or_dash(self.ip.as_deref())),
+            (
+                "Resources",
+                format!(
+                    "{} CPU, {} MiB memory, {} MiB disk, {} processes",
+                    r.millicpu as f64 / 1000.0,
+                    r.memory_mib,
+                    r.disk_mib,
+                    r.pids
+                ),
+            ),
+            (
+                "Outbound",
+                if self.allow_out.is_empty() {
+                    "none".to_string()
+                } else {
+                    self.allow_out.join(", ")
+                },
+            ),
+            ("Metadata", key_values(&self.metadata)),
+            ("Created", time(self.created_at)),
+            ("Ends", ends),
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use bora_api::{InstanceState, LogStream, Transition};
@@ -542,5 +625,56 @@ TIME                  TRANSITION          REASON
             log_line(&line),
             "2023-11-14T22:13:21.000Z 000000a1 listening on :8000"
         );
+    }
+
+    fn sandbox(state: bora_api::SandboxState) -> Sandbox {
+        Sandbox {
+            id: "k3v9q2m8x7c4b1n5z6a0".into(),
+            template: "base".into(),
+            image: "bora.local/templates/base@sha256:00".into(),
+            state,
+            reason: "its agent answers".into(),
+            isolation: bora_api::Isolation::Gvisor,
+            resources: bora_api::SandboxResources::default(),
+            metadata: [("team".to_string(), "ml".to_string())].into(),
+            allow_out: vec![],
+            ip: Some("10.89.0.2".into()),
+            created_at: at(0),
+            end_at: at(600),
+            envd_access_token: "secret".into(),
+        }
+    }
+
+    #[test]
+    fn sandbox_table_and_fields() {
+        let mut killed = sandbox(bora_api::SandboxState::Killed);
+        killed.id = "a0000000000000000000".into();
+        killed.metadata.clear();
+        let list = List {
+            items: vec![sandbox(bora_api::SandboxState::Running), killed],
+        };
+        let text = render_list(OutputFormat::Table, &list, at(120)).unwrap();
+        let want = "\
+ID                    TEMPLATE  STATE    ISOLATION  AGE  ENDS IN  METADATA
+k3v9q2m8x7c4b1n5z6a0  base      running  gvisor     2m   8m       team=ml
+a0000000000000000000  base      killed   gvisor     2m   -        -
+";
+        assert_eq!(text, want);
+        let fields = render_one(
+            OutputFormat::Table,
+            &sandbox(bora_api::SandboxState::Running),
+            at(120),
+        )
+        .unwrap();
+        assert!(
+            fields.contains("Resources: 1 CPU, 512 MiB memory, 1024 MiB disk, 512 processes\n"),
+            "{fields}"
+        );
+        assert!(fields.contains("Outbound:  none\n"), "{fields}");
+        assert!(
+            fields.contains("Ends:      2023-11-14T22:23:20Z (in 8m)\n"),
+            "{fields}"
+        );
+        assert!(!fields.contains("secret"), "the token stays out of tables");
     }
 }

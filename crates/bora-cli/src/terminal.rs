@@ -58,6 +58,13 @@ impl Terminal {
         }
         Ok(value)
     }
+
+    /// All of standard input, byte for byte (`bora sandboxes cp - ID:/path`).
+    pub fn read_input(&mut self) -> io::Result<Vec<u8>> {
+        let mut data = Vec::new();
+        self.input.read_to_end(&mut data)?;
+        Ok(data)
+    }
 }
 
 /// What a [`Terminal::captured`] terminal was given to write.

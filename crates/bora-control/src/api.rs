@@ -4,6 +4,7 @@
 //! the handlers' annotations and served at `/v1/openapi.json`.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,16 +16,19 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bora_api::{
-    ApiErrorBody, App, CreateSecret, Deployment, ErrorCode, Event, Instance, List, LogLine,
-    NewSandbox, Sandbox, SandboxTimeout, Secret, Service, ServiceSpec,
+    ApiErrorBody, App, CreateSecret, Deployment, ENVD_PORT, ErrorCode, Event, ExecEvent,
+    ExecRequest, Instance, List, LogLine, NewSandbox, Sandbox, SandboxState, SandboxTimeout,
+    Secret, Service, ServiceSpec,
 };
 use bora_node::logs::{Follower, LogRecord};
 use bora_store::{DeploymentFilter, InstanceFilter};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use utoipa::OpenApi;
 
 use crate::ControlError;
 use crate::controller::Controller;
+use crate::envd::Envd;
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -75,9 +79,9 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
         list_deployments, get_deployment, delete_deployment, list_instances, get_instance, delete_instance,
         list_secrets, create_secret, update_secret, delete_secret, service_logs, list_events,
         create_sandbox, list_sandboxes, get_sandbox, kill_sandbox, set_sandbox_timeout,
-        pause_sandbox, resume_sandbox
+        pause_sandbox, resume_sandbox, exec_in_sandbox, read_sandbox_file, write_sandbox_file
     ),
-    components(schemas(ApiErrorBody, LogLine)),
+    components(schemas(ApiErrorBody, LogLine, ExecEvent)),
     modifiers(&BearerAuth),
     security(("token" = []))
 )]
@@ -135,6 +139,11 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/sandboxes/{id}/resume",
             axum::routing::post(resume_sandbox),
+        )
+        .route("/sandboxes/{id}/exec", axum::routing::post(exec_in_sandbox))
+        .route(
+            "/sandboxes/{id}/files",
+            get(read_sandbox_file).put(write_sandbox_file),
         )
         .route("/openapi.json", get(openapi))
         .fallback(|| async {
@@ -490,6 +499,172 @@ async fn resume_sandbox(
     Ok(Json(s.ctl.resume_sandbox(&id).await?.0))
 }
 
+/// The agent of a running sandbox: 404 for an unknown sandbox, 409 for one
+/// that does not run (paused, starting, ended).
+fn running_envd(s: &ApiState, id: &str) -> ApiResult<Envd> {
+    let sandbox = s.ctl.store().get_sandbox(id).map_err(ControlError::from)?;
+    let refused = match sandbox.state {
+        SandboxState::Running => None,
+        SandboxState::Paused => Some(format!(
+            "sandbox {id} is paused: resume it first (POST /v1/sandboxes/{id}/resume, `bora sandboxes resume {id}`)"
+        )),
+        SandboxState::Starting => Some(format!(
+            "sandbox {id} is still starting: try again in a moment"
+        )),
+        ended => Some(format!(
+            "sandbox {id} is {ended} ({}): it no longer runs; create a new one",
+            sandbox.reason
+        )),
+    };
+    if let Some(message) = refused {
+        return Err(ControlError::Conflict(message).into());
+    }
+    let ip: IpAddr = sandbox
+        .ip
+        .as_deref()
+        .and_then(|ip| ip.parse().ok())
+        .ok_or_else(|| {
+            ControlError::Internal(format!(
+                "sandbox {id} is running but has no address on record"
+            ))
+        })?;
+    Ok(Envd::new(
+        SocketAddr::new(ip, ENVD_PORT),
+        &sandbox.envd_access_token,
+    ))
+}
+
+/// Runs a shell command in a sandbox and streams what happens, one JSON
+/// event per line: `start`, then `stdout`/`stderr` chunks as the command
+/// writes them, then `exit` (with `error` set if the command's end could
+/// not be known: the stream is cut short by the sandbox stopping).
+#[utoipa::path(
+    post, path = "/v1/sandboxes/{id}/exec", request_body = ExecRequest,
+    responses(
+        (status = 200, description = "JSON Lines of ExecEvent, sent as they happen", content_type = "application/x-ndjson", body = ExecEvent),
+        (status = 400, body = ApiErrorBody), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody)
+    )
+)]
+async fn exec_in_sandbox(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let req: ExecRequest = parse_body(&body)?;
+    if req.cmd.trim().is_empty() {
+        return Err(ApiError(
+            ErrorCode::InvalidArgument,
+            "`cmd` is empty: give the shell command to run, e.g. {\"cmd\": \"ls -l\"}".into(),
+        ));
+    }
+    let envd = running_envd(&s, &id)?;
+    let events = envd.run(&req).await.map_err(|e| e.in_sandbox(&id))?;
+    tracing::debug!(sandbox = %id, user = req.user.as_deref().unwrap_or("(default)"), "exec started");
+    let lines = events.map(move |event| {
+        let event = event.unwrap_or_else(|e| {
+            let error = e.in_sandbox(&id).to_string();
+            tracing::warn!(sandbox = %id, %error, "exec stream cut short");
+            ExecEvent::Exit {
+                exit_code: -1,
+                signal: None,
+                error: Some(error),
+            }
+        });
+        let mut line = serde_json::to_vec(&event).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, std::convert::Infallible>(Bytes::from(line))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct FileQuery {
+    /// The file's path in the sandbox: absolute, or relative to the user's
+    /// home.
+    path: Option<String>,
+    /// The sandbox user to act as; the sandbox's default user when absent.
+    user: Option<String>,
+}
+
+impl FileQuery {
+    fn path(&self) -> ApiResult<&str> {
+        self.path
+            .as_deref()
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| {
+                ApiError(
+                    ErrorCode::InvalidArgument,
+                    "missing `path`: name the file in the sandbox, e.g. ?path=/home/user/data.csv"
+                        .into(),
+                )
+            })
+    }
+}
+
+/// Downloads a file from a sandbox.
+#[utoipa::path(
+    get, path = "/v1/sandboxes/{id}/files", params(FileQuery),
+    responses(
+        (status = 200, description = "The file's bytes", content_type = "application/octet-stream"),
+        (status = 400, body = ApiErrorBody), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody)
+    )
+)]
+async fn read_sandbox_file(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<FileQuery>,
+) -> ApiResult<Response> {
+    let path = q.path()?;
+    let envd = running_envd(&s, &id)?;
+    let (len, body) = envd
+        .download(path, q.user.as_deref())
+        .await
+        .map_err(|e| e.in_sandbox(&id))?;
+    let mut response = Body::from_stream(body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Some(len) = len {
+        headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
+    }
+    Ok(response)
+}
+
+/// Uploads a file into a sandbox: the request body, byte for byte,
+/// replaces the file; missing parent directories are created (owned by
+/// the user).
+#[utoipa::path(
+    put, path = "/v1/sandboxes/{id}/files", params(FileQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 204), (status = 400, body = ApiErrorBody), (status = 404, body = ApiErrorBody),
+        (status = 409, body = ApiErrorBody)
+    )
+)]
+async fn write_sandbox_file(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<FileQuery>,
+    body: Body,
+) -> ApiResult<StatusCode> {
+    let path = q.path()?;
+    let envd = running_envd(&s, &id)?;
+    envd.write_file(
+        path,
+        q.user.as_deref(),
+        reqwest::Body::wrap_stream(body.into_data_stream()),
+    )
+    .await
+    .map_err(|e| e.in_sandbox(&id))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[derive(Deserialize, utoipa::IntoParams)]
 struct LogQuery {
     /// Lines per instance to start with (default 100).
@@ -690,5 +865,24 @@ mod tests {
             states.contains("sleeping") && states.contains("standby"),
             "{states}"
         );
+    }
+
+    #[test]
+    fn the_openapi_document_covers_exec_and_files() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let paths = &doc["paths"];
+        assert!(
+            paths["/v1/sandboxes/{id}/exec"]["post"].is_object(),
+            "{paths}"
+        );
+        let files = &paths["/v1/sandboxes/{id}/files"];
+        assert!(
+            files["get"].is_object() && files["put"].is_object(),
+            "{files}"
+        );
+        let event = doc["components"]["schemas"]["ExecEvent"].to_string();
+        for variant in ["start", "stdout", "stderr", "exit"] {
+            assert!(event.contains(variant), "{event}");
+        }
     }
 }

@@ -46,6 +46,8 @@ pub struct ControllerConfig {
     pub reconcile_interval: Duration,
     /// How often the autoscaler samples and decides.
     pub scale_interval: Duration,
+    /// Warm sandbox pools to keep full (`--sandbox-pool`).
+    pub sandbox_pools: Vec<crate::pool::PoolSpec>,
 }
 
 pub struct Controller {
@@ -63,6 +65,8 @@ pub struct Controller {
     /// Services (`app/service`) with a wake under way.
     pub(crate) waking: Mutex<HashSet<String>>,
     pub(crate) metrics: ControlMetrics,
+    /// Warm sandboxes, ready to be claimed.
+    pub(crate) pools: crate::pool::Pools,
 }
 
 impl Controller {
@@ -73,6 +77,7 @@ impl Controller {
         config: ControllerConfig,
     ) -> Arc<Self> {
         let ctl = Arc::new(Self {
+            pools: crate::pool::Pools::new(&config.sandbox_pools),
             store,
             node,
             router,

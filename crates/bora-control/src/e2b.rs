@@ -240,6 +240,24 @@ struct ListQuery {
     metadata: Option<String>,
 }
 
+/// The pairs of a metadata filter, as E2B's API reads them. The SDKs
+/// escape each key and value (Python's `quote`, JavaScript's
+/// `encodeURIComponent`), join the pairs as a query string (escaping again)
+/// and send that as the `metadata` parameter (escaped a third time): once
+/// the parameter is decoded, the pairs are a query string whose keys and
+/// values are escaped once more.
+fn metadata_filter(filter: &str) -> Vec<(String, String)> {
+    let unescape = |s: &str| {
+        form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    form_urlencoded::parse(filter.as_bytes())
+        .map(|(k, v)| (unescape(&k), unescape(&v)))
+        .collect()
+}
+
 async fn list(
     State(s): State<ApiState>,
     Query(q): Query<ListQuery>,
@@ -247,15 +265,10 @@ async fn list(
     let wanted: Option<Vec<String>> = q
         .state
         .map(|states| states.split(',').map(|st| st.trim().to_string()).collect());
-    let metadata: Vec<(String, String)> = q
+    let metadata = q
         .metadata
         .as_deref()
-        .map(|m| {
-            m.split('&')
-                .filter_map(|pair| pair.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        })
+        .map(metadata_filter)
         .unwrap_or_default();
     let items = s
         .ctl
@@ -398,5 +411,32 @@ mod tests {
         assert_eq!(req.network.unwrap().allow_out, ["203.0.113.0/24"]);
         let empty: NewE2bSandbox = parse(&Bytes::new()).unwrap();
         assert!(empty.template_id.is_none());
+    }
+
+    #[test]
+    fn metadata_filters_are_unescaped_as_the_sdks_escape_them() {
+        // Both SDKs, for {"purpose": "pause & resume", "a=b": "1+1 100%",
+        // "user": "jörg"}, once the query parameter itself is decoded.
+        let sent =
+            "purpose=pause%2520%2526%2520resume&a%253Db=1%252B1%2520100%2525&user=j%25C3%25B6rg";
+        let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+            list.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            metadata_filter(sent),
+            pairs(&[
+                ("purpose", "pause & resume"),
+                ("a=b", "1+1 100%"),
+                ("user", "jörg")
+            ])
+        );
+        // Plain pairs and stray escapes are taken as they are; a key
+        // without a value asks for an empty value.
+        assert_eq!(
+            metadata_filter("suite=bora-e2e&bad=50%&x"),
+            pairs(&[("suite", "bora-e2e"), ("bad", "50%"), ("x", "")])
+        );
     }
 }

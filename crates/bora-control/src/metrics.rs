@@ -9,6 +9,9 @@
 //! | `bora_scaling_decisions_total` | counter | app, service, direction | autoscaler decisions that changed the instance count (`scaled_up`, `scaled_down`) |
 //! | `bora_service_instances` | gauge | app, service, state | per autoscaled service: `current` (healthy), `desired`, `sleeping` |
 //! | `bora_autoscaler_panicking` | gauge | app, service | 1 while the autoscaler is in panic mode |
+//! | `bora_sandboxes_created_total` | counter | source | sandboxes created, by `pool` (a warm one claimed) or `cold` (started for the request) |
+//! | `bora_sandbox_create_duration_seconds` | histogram | source | from the create call to the sandbox running |
+//! | `bora_sandbox_pool_ready` | gauge | template, isolation | warm sandboxes waiting in the pool |
 
 use std::time::Duration;
 
@@ -30,6 +33,17 @@ struct WakeLabels {
     app: String,
     service: String,
     kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    template: String,
+    isolation: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -63,6 +77,9 @@ pub(crate) struct ControlMetrics {
     decisions: Family<DecisionLabels, Counter>,
     instances: Family<StateLabels, Gauge>,
     panicking: Family<ServiceLabels, Gauge>,
+    sandboxes_created: Family<SourceLabels, Counter>,
+    sandbox_create_duration: Family<SourceLabels, Histogram, fn() -> Histogram>,
+    pool_ready: Family<PoolLabels, Gauge>,
 }
 
 impl Default for ControlMetrics {
@@ -74,6 +91,9 @@ impl Default for ControlMetrics {
             decisions: Family::default(),
             instances: Family::default(),
             panicking: Family::default(),
+            sandboxes_created: Family::default(),
+            sandbox_create_duration: Family::new_with_constructor(wake_histogram),
+            pool_ready: Family::default(),
         }
     }
 }
@@ -117,6 +137,40 @@ impl ControlMetrics {
             "1 while the service's autoscaler is in panic mode",
             self.panicking.clone(),
         );
+        registry.register(
+            "bora_sandboxes_created",
+            "Sandboxes created, by source (pool: a warm one claimed; cold: started for the request)",
+            self.sandboxes_created.clone(),
+        );
+        registry.register(
+            "bora_sandbox_create_duration_seconds",
+            "Time from a sandbox create call to the sandbox running",
+            self.sandbox_create_duration.clone(),
+        );
+        registry.register(
+            "bora_sandbox_pool_ready",
+            "Warm sandboxes waiting in a pool",
+            self.pool_ready.clone(),
+        );
+    }
+
+    pub(crate) fn sandbox_created(&self, source: &str, took: Duration) {
+        let labels = SourceLabels {
+            source: source.into(),
+        };
+        self.sandboxes_created.get_or_create(&labels).inc();
+        self.sandbox_create_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn pool_ready(&self, template: &str, isolation: &str, ready: usize) {
+        self.pool_ready
+            .get_or_create(&PoolLabels {
+                template: template.into(),
+                isolation: isolation.into(),
+            })
+            .set(ready as i64);
     }
 
     pub(crate) fn wakeup(&self, app: &str, svc: &str, kind: &str, took: Duration) {

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use bora_api::{
     DEFAULT_SANDBOX_TIMEOUT, DEFAULT_TEMPLATE, ENVD_PORT, Isolation, MAX_SANDBOX_TIMEOUT,
-    NewSandbox, Sandbox, SandboxState,
+    NewSandbox, Sandbox, SandboxResources, SandboxState,
 };
 use bora_image::{Image, PullOptions};
 use bora_node::InstanceStatus;
@@ -35,6 +35,8 @@ use tokio::time::Instant;
 
 use crate::ControlError;
 use crate::controller::Controller;
+use crate::envd::Envd;
+use crate::pool::{PoolSpec, Warm};
 
 /// How long a sandbox's agent may take to answer after its container
 /// started.
@@ -156,11 +158,13 @@ fn timeout_of(asked: Option<bora_api::Duration>) -> Result<Duration, ControlErro
 }
 
 impl Controller {
-    /// Creates a sandbox and returns it running; see the module docs.
+    /// Creates a sandbox and returns it running; see the module docs. A
+    /// warm pool (see [`crate::pool`]) serves the request when it can.
     pub async fn create_sandbox(
         self: &Arc<Self>,
         new: NewSandbox,
     ) -> Result<Sandbox, ControlError> {
+        let began = Instant::now();
         let timeout = timeout_of(new.timeout)?;
         let resources = new.resources.unwrap_or_default();
         resources.validate().map_err(ControlError::Invalid)?;
@@ -169,14 +173,31 @@ impl Controller {
             .clone()
             .filter(|t| !t.trim().is_empty())
             .unwrap_or_else(|| DEFAULT_TEMPLATE.to_string());
+        let isolation = new.isolation.unwrap_or(Isolation::Gvisor);
         let allow_out = resolve_allow_out(&new.allow_out).await?;
-        let image = self.sandbox_image(&template).await?;
 
+        if let Some(warm) = self
+            .pools
+            .claim(&template, isolation, &resources, &allow_out)
+        {
+            let id = warm.id.clone();
+            match self.claim_warm(warm, &new, &template, timeout).await {
+                Ok(sandbox) => {
+                    self.metrics.sandbox_created("pool", began.elapsed());
+                    return Ok(sandbox);
+                }
+                Err(e) => {
+                    tracing::warn!(sandbox = %id, error = %e, "a warm sandbox failed its claim; starting one anew");
+                }
+            }
+        }
+
+        let image = self.sandbox_image(&template).await?;
         let record = NewSandboxRecord {
             id: new_sandbox_id(),
             template: template.clone(),
             image: image.pinned.clone(),
-            isolation: new.isolation.unwrap_or(Isolation::Gvisor),
+            isolation,
             resources,
             metadata: new.metadata.clone(),
             allow_out,
@@ -185,20 +206,22 @@ impl Controller {
             env: new.env.clone(),
         };
         let sandbox = self.store.create_sandbox(&record)?;
-        match self
-            .start_sandbox_container(&sandbox, image, &record.env)
-            .await
-        {
+        let has_user = image_has_user(&image, "user");
+        let started = async {
+            let ip = self.launch_sandbox(&sandbox, image).await?;
+            init_envd(
+                SocketAddr::new(ip, ENVD_PORT),
+                &sandbox.envd_access_token,
+                &record.env,
+                default_user(has_user),
+            )
+            .await?;
+            Ok::<_, String>(ip)
+        };
+        match started.await {
             Ok(ip) => {
-                self.store
-                    .set_sandbox_ip(&sandbox.id, Some(&ip.to_string()))?;
-                let running = self.store.set_sandbox_state(
-                    &sandbox.id,
-                    SandboxState::Running,
-                    "its agent answers",
-                )?;
-                self.publish_routes();
-                tracing::info!(sandbox = %sandbox.id, %ip, template, "sandbox running");
+                let running = self.mark_running(&sandbox.id, ip, &template)?;
+                self.metrics.sandbox_created("cold", began.elapsed());
                 Ok(running)
             }
             Err(reason) => {
@@ -212,6 +235,101 @@ impl Controller {
                 Err(ControlError::Internal(format!(
                     "sandbox {} failed to start: {reason}",
                     sandbox.id
+                )))
+            }
+        }
+    }
+
+    /// Makes a warm sandbox the requested one: `/init` with the request's
+    /// env vars first (a warm sandbox that fails it is stopped and never
+    /// recorded), then the record, under the id and token it started with.
+    async fn claim_warm(
+        &self,
+        warm: Warm,
+        new: &NewSandbox,
+        template: &str,
+        timeout: Duration,
+    ) -> Result<Sandbox, ControlError> {
+        let envd = SocketAddr::new(warm.ip, ENVD_PORT);
+        if let Err(reason) = init_envd(
+            envd,
+            &warm.access_token,
+            &new.env,
+            default_user(warm.has_user),
+        )
+        .await
+        {
+            if let Err(e) = self.node.stop_sandbox(&warm.id).await {
+                tracing::warn!(sandbox = %warm.id, error = %e, "stopping a failed warm sandbox");
+            }
+            return Err(ControlError::Internal(reason));
+        }
+        let record = NewSandboxRecord {
+            id: warm.id,
+            template: template.to_string(),
+            image: warm.image.pinned,
+            isolation: new.isolation.unwrap_or(Isolation::Gvisor),
+            resources: SandboxResources::default(),
+            metadata: new.metadata.clone(),
+            allow_out: Vec::new(),
+            end_at: Utc::now() + timeout,
+            envd_access_token: warm.access_token,
+            env: new.env.clone(),
+        };
+        let sandbox = self.store.create_sandbox(&record)?;
+        self.mark_running(&sandbox.id, warm.ip, template)
+    }
+
+    /// Records a started sandbox as running and routes it.
+    fn mark_running(&self, id: &str, ip: IpAddr, template: &str) -> Result<Sandbox, ControlError> {
+        self.store.set_sandbox_ip(id, Some(&ip.to_string()))?;
+        let running =
+            self.store
+                .set_sandbox_state(id, SandboxState::Running, "its agent answers")?;
+        self.publish_routes();
+        tracing::info!(sandbox = %id, %ip, template, "sandbox running");
+        Ok(running)
+    }
+
+    /// Starts a warm sandbox for `pool`: the template's image, default
+    /// resources, no outbound network, a fresh id and token; envd answers
+    /// but has had no `/init`.
+    pub(crate) async fn start_warm(&self, pool: &PoolSpec) -> Result<Warm, ControlError> {
+        let image = self.sandbox_image(&pool.template).await?;
+        let has_user = image_has_user(&image, "user");
+        let id = new_sandbox_id();
+        let access_token = new_access_token();
+        let spec = sandbox_spec(
+            &id,
+            image.clone(),
+            pool.isolation,
+            &SandboxResources::default(),
+            &access_token,
+            &[],
+        );
+        let started = async {
+            let ip = self
+                .node
+                .start_sandbox(&spec)
+                .await
+                .map_err(|e| e.to_string())?;
+            wait_envd(SocketAddr::new(ip, ENVD_PORT), ENVD_READY_TIMEOUT).await?;
+            Ok::<_, String>(ip)
+        };
+        match started.await {
+            Ok(ip) => Ok(Warm {
+                id,
+                access_token,
+                image,
+                ip,
+                has_user,
+            }),
+            Err(reason) => {
+                if let Err(e) = self.node.stop_sandbox(&id).await {
+                    tracing::warn!(sandbox = %id, error = %e, "cleanup after a failed warm start");
+                }
+                Err(ControlError::Internal(format!(
+                    "warm sandbox {id} failed to start: {reason}"
                 )))
             }
         }
@@ -238,43 +356,23 @@ impl Controller {
             })
     }
 
-    /// Starts the container and waits for its agent; returns its address.
-    async fn start_sandbox_container(
-        &self,
-        sandbox: &Sandbox,
-        image: Image,
-        env: &BTreeMap<String, String>,
-    ) -> Result<IpAddr, String> {
-        let has_user = image_has_user(&image, "user");
-        let spec = SandboxSpec {
-            id: sandbox.id.clone(),
+    /// Starts a recorded sandbox's container and waits for its agent;
+    /// returns its address.
+    async fn launch_sandbox(&self, sandbox: &Sandbox, image: Image) -> Result<IpAddr, String> {
+        let spec = sandbox_spec(
+            &sandbox.id,
             image,
-            isolation: sandbox.isolation,
-            limits: SandboxLimits {
-                millicpu: sandbox.resources.millicpu,
-                memory_bytes: sandbox.resources.memory_mib * 1024 * 1024,
-                pids: sandbox.resources.pids,
-                disk_bytes: sandbox.resources.disk_mib * 1024 * 1024,
-            },
-            env: Vec::new(),
-            access_token: sandbox.envd_access_token.clone(),
-            allow_out: sandbox.allow_out.clone(),
-            hostname: format!("sandbox-{}", &sandbox.id[..8.min(sandbox.id.len())]),
-        };
+            sandbox.isolation,
+            &sandbox.resources,
+            &sandbox.envd_access_token,
+            &sandbox.allow_out,
+        );
         let ip = self
             .node
             .start_sandbox(&spec)
             .await
             .map_err(|e| e.to_string())?;
-        let envd = SocketAddr::new(ip, ENVD_PORT);
-        wait_envd(envd, ENVD_READY_TIMEOUT).await?;
-        init_envd(
-            envd,
-            &sandbox.envd_access_token,
-            env,
-            if has_user { "user" } else { "root" },
-        )
-        .await?;
+        wait_envd(SocketAddr::new(ip, ENVD_PORT), ENVD_READY_TIMEOUT).await?;
         Ok(ip)
     }
 
@@ -345,9 +443,11 @@ impl Controller {
             }
         }
         self.node.pause_sandbox(id).await?;
-        Ok(self
-            .store
-            .set_sandbox_state(id, SandboxState::Paused, "paused by a request")?)
+        let paused =
+            self.store
+                .set_sandbox_state(id, SandboxState::Paused, "paused by a request")?;
+        self.publish_routes();
+        Ok(paused)
     }
 
     /// Thaws a paused sandbox; a running one is left as it is. Returns the
@@ -361,6 +461,7 @@ impl Controller {
         let resumed =
             self.store
                 .set_sandbox_state(id, SandboxState::Running, "resumed by a request")?;
+        self.publish_routes();
         Ok((resumed, true))
     }
 
@@ -376,11 +477,22 @@ impl Controller {
     }
 
     /// After a restart: sandboxes still running are kept, the others are
-    /// recorded as failed and cleaned up.
+    /// recorded as failed and cleaned up. Sandboxes the node has but the
+    /// store does not — warm ones of the last run's pools, or one whose
+    /// record never got written — are stopped.
     pub(crate) async fn recover_sandboxes(&self) {
         let Ok(live) = self.store.list_sandboxes(false) else {
             return;
         };
+        for found in self.node.recover_sandboxes() {
+            if live.iter().any(|s| s.id == found.id) {
+                continue;
+            }
+            tracing::info!(sandbox = %found.id, "stopping a sandbox Bora has no record of (a warm one, or a lost start)");
+            if let Err(e) = self.node.stop_sandbox(&found.id).await {
+                tracing::warn!(sandbox = %found.id, error = %e, "stopping an unrecorded sandbox");
+            }
+        }
         for sandbox in live {
             let running = self.node.sandbox_status(&sandbox.id) == InstanceStatus::Running;
             if running && sandbox.state != SandboxState::Starting {
@@ -449,6 +561,38 @@ impl Controller {
     }
 }
 
+/// What the node needs to start a sandbox.
+fn sandbox_spec(
+    id: &str,
+    image: Image,
+    isolation: Isolation,
+    resources: &SandboxResources,
+    access_token: &str,
+    allow_out: &[String],
+) -> SandboxSpec {
+    SandboxSpec {
+        id: id.to_string(),
+        image,
+        isolation,
+        limits: SandboxLimits {
+            millicpu: resources.millicpu,
+            memory_bytes: resources.memory_mib * 1024 * 1024,
+            pids: resources.pids,
+            disk_bytes: resources.disk_mib * 1024 * 1024,
+        },
+        env: Vec::new(),
+        access_token: access_token.to_string(),
+        allow_out: allow_out.to_vec(),
+        hostname: format!("sandbox-{}", &id[..8.min(id.len())]),
+    }
+}
+
+/// Who commands run as when a call names nobody: `user`, as in E2B's
+/// templates, when the image has it.
+fn default_user(has_user: bool) -> &'static str {
+    if has_user { "user" } else { "root" }
+}
+
 /// Whether the image's `/etc/passwd` (in its top-most layer that has one)
 /// names `user`.
 fn image_has_user(image: &Image, user: &str) -> bool {
@@ -467,14 +611,12 @@ fn image_has_user(image: &Image, user: &str) -> bool {
 /// Polls envd's `/health` until it answers, or says why not.
 async fn wait_envd(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
-    let request = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    let mut last;
+    let envd = Envd::new(addr, "");
     loop {
-        match envd_exchange(addr, request.as_bytes()).await {
-            Ok(status) if (200..300).contains(&status) => return Ok(()),
-            Ok(status) => last = format!("/health answered {status}"),
-            Err(e) => last = e,
-        }
+        let last = match envd.health().await {
+            Ok(()) => return Ok(()),
+            Err(e) => e.to_string(),
+        };
         if Instant::now() > deadline {
             return Err(format!(
                 "its agent did not answer within {}: {last}",
@@ -493,54 +635,10 @@ async fn init_envd(
     env: &BTreeMap<String, String>,
     default_user: &str,
 ) -> Result<(), String> {
-    let body = serde_json::json!({
-        "envVars": env,
-        "defaultUser": default_user,
-        "accessToken": token,
-    })
-    .to_string();
-    let request = format!(
-        "POST /init HTTP/1.1\r\nHost: {addr}\r\nX-Access-Token: {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    match envd_exchange(addr, request.as_bytes()).await {
-        Ok(status) if (200..300).contains(&status) => Ok(()),
-        Ok(status) => Err(format!("its agent refused /init with {status}")),
-        Err(e) => Err(format!("cannot /init its agent: {e}")),
-    }
-}
-
-/// One HTTP/1.1 exchange with envd over a fresh connection; the status.
-async fn envd_exchange(addr: SocketAddr, request: &[u8]) -> Result<u16, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        stream.write_all(request).await?;
-        let mut head = Vec::with_capacity(256);
-        let mut buf = [0u8; 256];
-        while !head.windows(2).any(|w| w == b"\r\n") {
-            let n = stream.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&buf[..n]);
-        }
-        Ok::<_, std::io::Error>(head)
-    };
-    let head = tokio::time::timeout(Duration::from_secs(5), exchange)
+    Envd::new(addr, token)
+        .init(env, default_user)
         .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    let line = String::from_utf8_lossy(&head);
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| {
-            format!(
-                "not an HTTP answer: {:?}",
-                line.lines().next().unwrap_or("")
-            )
-        })
+        .map_err(|e| format!("cannot /init its agent: {e}"))
 }
 
 #[cfg(test)]

@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub max_held: usize,
     /// The static `bora-envd` every sandbox runs as its first process.
     pub envd_binary: PathBuf,
+    /// Warm sandbox pools to keep full (`--sandbox-pool base=4`).
+    pub sandbox_pools: Vec<crate::pool::PoolSpec>,
 }
 
 /// A running server.
@@ -176,6 +178,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ControlError> {
             stop_grace: Duration::from_secs(10),
             reconcile_interval: Duration::from_secs(2),
             scale_interval: Duration::from_secs(1),
+            sandbox_pools: config.sandbox_pools.clone(),
         },
     );
     controller.recover().await?;
@@ -183,6 +186,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ControlError> {
     tokio::spawn(controller.clone().reconcile_forever());
     tokio::spawn(controller.clone().autoscale_forever());
     tokio::spawn(controller.clone().reap_sandboxes_forever());
+    tokio::spawn(controller.clone().fill_pools_forever());
 
     let mut metrics = prometheus_client::registry::Registry::default();
     controller.register_metrics(&mut metrics);

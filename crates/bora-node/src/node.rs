@@ -495,6 +495,48 @@ impl Node {
     }
 
     /// Waits until the launched container runs, or says why it did not.
+    /// Waits until something in the container accepts connections on
+    /// `addr` — cheaper than asking the runtime (`runsc state` is a process
+    /// per poll, competing with the boot for the CPU) when the caller knows
+    /// what the container will listen on. Fails as soon as the shim records
+    /// the container's exit.
+    pub(crate) async fn wait_listening(
+        &self,
+        kind: Kind,
+        id: &str,
+        addr: std::net::SocketAddr,
+    ) -> Result<(), NodeError> {
+        let dir = self.dir(kind, id);
+        let deadline = Instant::now() + self.config.start_timeout;
+        loop {
+            if let Some(exit) = shim::read_exit(&dir) {
+                return Err(NodeError::Start {
+                    instance: id.to_string(),
+                    detail: format!(
+                        "{}{}",
+                        describe_exit(&exit),
+                        self.last_output_suffix(kind, id)
+                    ),
+                });
+            }
+            let connect = tokio::net::TcpStream::connect(addr);
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(100), connect).await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(NodeError::Start {
+                    instance: id.to_string(),
+                    detail: format!(
+                        "nothing listened on {addr} within {:?}{}",
+                        self.config.start_timeout,
+                        self.last_output_suffix(kind, id)
+                    ),
+                });
+            }
+            sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     pub(crate) async fn wait_running(&self, kind: Kind, id: &str) -> Result<(), NodeError> {
         let dir = self.dir(kind, id);
         let runtime = self.runtime(kind, self.isolation(kind, id));

@@ -84,6 +84,12 @@ struct ServerArgs {
     /// `../envd/bora-envd` (a source checkout), then /usr/lib/bora/bora-envd.
     #[arg(long, env = "BORA_ENVD_BINARY")]
     envd_binary: Option<PathBuf>,
+    /// Keep N sandboxes of a template started and idle, so creating one
+    /// takes one from the pool: TEMPLATE=N or TEMPLATE=N:ISOLATION
+    /// (gvisor, the default, or container); repeatable. Pooled sandboxes
+    /// serve creates with default resources and no outbound allow-list.
+    #[arg(long = "sandbox-pool", value_name = "TEMPLATE=N[:ISOLATION]")]
+    sandbox_pools: Vec<bora_control::pool::PoolSpec>,
 }
 
 /// Where the sandbox agent is, when `--envd-binary` does not say.
@@ -237,6 +243,7 @@ async fn server(data_dir: PathBuf, args: ServerArgs) -> anyhow::Result<()> {
         shim_exe,
         hold_timeout: args.hold_timeout,
         max_held: args.max_held,
+        sandbox_pools: args.sandbox_pools,
     };
     let handle = bora_control::start(config).await?;
     println!("bora: API listening on http://{}", handle.api_addr);
@@ -250,6 +257,8 @@ async fn server(data_dir: PathBuf, args: ServerArgs) -> anyhow::Result<()> {
     }
     eprintln!("bora: stopping; instances keep running and are re-adopted at the next start");
     handle.shutdown();
+    // Warm pool sandboxes are nobody's yet: they go now, not at the next start.
+    handle.controller.drain_pools().await;
     Ok(())
 }
 

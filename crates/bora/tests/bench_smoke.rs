@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::bench::{self, Percentiles, parse_duration, parse_wrk, router, scale, wake};
+use common::bench::{self, Percentiles, parse_duration, parse_wrk, router, sandbox, scale, wake};
 
 #[test]
 fn router_bench_measures_direct_nginx_and_bora() {
@@ -60,6 +60,30 @@ fn scale_bench_measures_a_step_and_warm_instances() {
     }
     assert!(report.max_healthy >= 1, "{report:?}");
     assert!(report.p99_ratio().is_finite(), "{report:?}");
+}
+
+#[test]
+fn sandbox_bench_measures_bora_with_and_without_a_pool_and_the_runtimes() {
+    let envd = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/envd/bora-envd");
+    if !envd.is_file() {
+        eprintln!("skipped: build the sandbox agent first (scripts/build-envd.sh)");
+        return;
+    }
+    let params = sandbox::SandboxParams::smoke();
+    let report = sandbox::run(&params);
+    println!("{report}");
+    assert_eq!(report.isolations.len(), 2);
+    for r in &report.isolations {
+        for (name, p) in [("no pool", r.cold), ("pool", r.pooled), ("peer", r.peer)] {
+            assert_eq!(p.count, params.sandboxes, "{:?} {name}: {p:?}", r.isolation);
+            assert!(p.p50 > Duration::ZERO && p.p99 >= p.p50, "{name}: {p:?}");
+        }
+        assert!(r.bora_per_sec > 0.0 && r.peer_per_sec > 0.0, "{r:?}");
+        assert!(
+            r.bora_idle_bytes.is_finite() && r.peer_idle_bytes.is_finite(),
+            "{r:?}"
+        );
+    }
 }
 
 #[test]

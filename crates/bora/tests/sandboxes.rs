@@ -1,24 +1,54 @@
-//! End to end: the official E2B Python SDK (`tests/sdk/e2b_flow.py`, the
-//! flow of issue 4) against a real `bora server`, with only `E2B_API_URL`,
-//! `E2B_SANDBOX_URL` and `E2B_API_KEY` set. The server builds the default
-//! template with `bora templates build-base` first (Debian packages, a
-//! few minutes the first time).
+//! End to end: sandboxes on a real `bora server`.
+//!
+//! - The official E2B SDKs with only `E2B_API_URL`, `E2B_SANDBOX_URL` and
+//!   `E2B_API_KEY` set: the flow of issue 4 with the Python SDK
+//!   (`tests/sdk/e2b_flow.py`) and the JavaScript SDK
+//!   (`tests/sdk/e2b_flow.mjs`); metadata, env vars, pause and resume with
+//!   the Python SDK (`tests/sdk/e2b_pause.py`).
+//! - A sandbox past its timeout is gone with everything it had on the node;
+//!   extending the timeout keeps it alive.
+//!
+//! The SDKs are the ones `scripts/install-sdks.sh` pins and installs in the
+//! checkout's `target/sdk/` (`BORA_E2B_PYTHON` and `BORA_E2B_JS_DIR`
+//! override them); a test installs them itself when they are missing. The
+//! server gets the default template from `Server::base_template` (built
+//! once per checkout with `bora templates build-base`: Debian packages, a
+//! minute or two).
 
 mod common;
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use common::{Server, require_root, stderr, stdout};
+use common::{Server, http_client, require_root, stderr, stdout};
 
-/// The SDK version the script is written against.
+/// The Python SDK version the scripts are written against (the JavaScript
+/// one is pinned in `scripts/sdk/package.json`).
 const E2B_SDK: &str = "e2b==2.63.0";
+/// How long one SDK script may take.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(150);
 
-/// A virtualenv with the SDK under `target/`, created on first use.
+/// Installs run one at a time (tests share the process under `cargo test`).
+static INSTALLING: Mutex<()> = Mutex::new(());
+
+fn checkout() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn sdk_dir() -> PathBuf {
+    checkout().join("target/sdk")
+}
+
+/// The Python of a virtualenv with the SDK: `BORA_E2B_PYTHON`, or the one
+/// `scripts/install-sdks.sh` makes, created here if it is missing.
 fn sdk_python() -> PathBuf {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../target/sdk")
-        .join(format!("venv-{}", E2B_SDK.replace("==", "-")));
+    if let Some(python) = std::env::var_os("BORA_E2B_PYTHON") {
+        return python.into();
+    }
+    let venv = sdk_dir().join(format!("venv-{}", E2B_SDK.replace("==", "-")));
     let python = venv.join("bin/python");
     let has_sdk = |python: &Path| {
         Command::new(python)
@@ -26,6 +56,7 @@ fn sdk_python() -> PathBuf {
             .status()
             .is_ok_and(|s| s.success())
     };
+    let _installing = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
     if !has_sdk(&python) {
         let ok = Command::new("python3")
             .args(["-m", "venv"])
@@ -42,10 +73,97 @@ fn sdk_python() -> PathBuf {
     python
 }
 
+/// The directory with the JavaScript SDK in `node_modules`:
+/// `BORA_E2B_JS_DIR`, or the one `scripts/install-sdks.sh` makes, run here
+/// if it is missing. `Err` says why there is none (no Node.js, or too old).
+fn sdk_js_dir() -> Result<PathBuf, String> {
+    let dir = std::env::var_os("BORA_E2B_JS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| sdk_dir().join("js"));
+    let present = |dir: &Path| dir.join("node_modules/e2b/package.json").is_file();
+    let _installing = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+    if !present(&dir) && std::env::var_os("BORA_E2B_JS_DIR").is_none() {
+        let out = Command::new(checkout().join("scripts/install-sdks.sh"))
+            .output()
+            .map_err(|e| format!("running scripts/install-sdks.sh: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("scripts/install-sdks.sh failed:\n{}", stderr(&out)));
+        }
+    }
+    if present(&dir) {
+        Ok(dir)
+    } else {
+        Err(format!(
+            "{}/node_modules/e2b is missing (run scripts/install-sdks.sh, or set BORA_E2B_JS_DIR)",
+            dir.display()
+        ))
+    }
+}
+
 fn envd_available() -> bool {
+    checkout().join("target/envd/bora-envd").is_file()
+}
+
+/// Runs `cmd` with nothing of this environment but `PATH` and the three
+/// variables the issue allows, for at most [`SCRIPT_TIMEOUT`].
+fn run_sdk_script(server: &Server, cmd: &mut Command) -> Output {
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("E2B_API_URL", format!("http://{}/e2b", server.api))
+        .env("E2B_SANDBOX_URL", format!("http://{}", server.http))
+        .env("E2B_API_KEY", server.token())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = Instant::now() + SCRIPT_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let status = child.wait().unwrap();
+            eprintln!("{cmd:?} ran past {SCRIPT_TIMEOUT:?}: killed");
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+fn assert_script_passed(server: &Server, what: &str, run: &Output) {
+    assert!(
+        run.status.success() && stdout(run).trim_end().ends_with("ok"),
+        "{what} failed ({}):\n{}\n{}\n--- server log ---\n{}",
+        run.status,
+        stdout(run),
+        stderr(run),
+        common::tail(&server.log(), 40)
+    );
+}
+
+fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../target/envd/bora-envd")
-        .is_file()
+        .join("tests/sdk")
+        .join(name)
 }
 
 #[test]
@@ -57,33 +175,316 @@ fn the_e2b_python_sdk_runs_commands_and_files_in_a_sandbox() {
     }
     let python = sdk_python();
     let server = Server::start();
-    let built = server.cli(&["templates", "build-base"]);
-    assert!(
-        built.status.success(),
-        "bora templates build-base failed: {}",
-        stderr(&built)
-    );
+    server.base_template();
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/e2b_flow.py");
-    let run = Command::new(&python)
-        .arg(&script)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("E2B_API_URL", format!("http://{}/e2b", server.api))
-        .env("E2B_SANDBOX_URL", format!("http://{}", server.http))
-        .env("E2B_API_KEY", server.token())
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "the SDK flow failed:\n{}\n{}\n--- server log ---\n{}",
-        stdout(&run),
-        stderr(&run),
-        common::tail(&server.log(), 40)
-    );
-    assert!(stdout(&run).trim_end().ends_with("ok"), "{}", stdout(&run));
+    let run = run_sdk_script(&server, Command::new(&python).arg(script("e2b_flow.py")));
+    assert_script_passed(&server, "the Python SDK flow", &run);
 
     // Killed: nothing of it is left running or routed.
     let left = server.api_get("/v1/sandboxes");
     assert_eq!(left["items"].as_array().unwrap().len(), 0, "{left}");
+}
+
+#[test]
+fn the_e2b_js_sdk_runs_commands_and_files_in_a_sandbox() {
+    require_root();
+    if !envd_available() {
+        eprintln!("skipped: build the sandbox agent first (scripts/build-envd.sh)");
+        return;
+    }
+    let dir = match sdk_js_dir() {
+        Ok(dir) => dir,
+        Err(why) => {
+            eprintln!("skipped: no JavaScript SDK: {why}");
+            return;
+        }
+    };
+    let server = Server::start();
+    server.base_template();
+
+    // ES modules resolve `e2b` next to the script: run a copy from the
+    // SDK's directory.
+    let copy = dir.join(format!("bora-e2b-flow-{}.mjs", std::process::id()));
+    std::fs::copy(script("e2b_flow.mjs"), &copy).unwrap();
+    let run = run_sdk_script(&server, Command::new("node").arg(&copy).current_dir(&dir));
+    let _ = std::fs::remove_file(&copy);
+    assert_script_passed(&server, "the JavaScript SDK flow", &run);
+
+    let left = server.api_get("/v1/sandboxes");
+    assert_eq!(left["items"].as_array().unwrap().len(), 0, "{left}");
+}
+
+#[test]
+fn the_e2b_python_sdk_pauses_and_resumes_a_sandbox_with_its_metadata_and_env() {
+    require_root();
+    if !envd_available() {
+        eprintln!("skipped: build the sandbox agent first (scripts/build-envd.sh)");
+        return;
+    }
+    let python = sdk_python();
+    let server = Server::start();
+    server.base_template();
+
+    let run = run_sdk_script(&server, Command::new(&python).arg(script("e2b_pause.py")));
+    assert_script_passed(&server, "the Python SDK pause/resume flow", &run);
+
+    let left = server.api_get("/v1/sandboxes");
+    assert_eq!(left["items"].as_array().unwrap().len(), 0, "{left}");
+}
+
+/// A request to Bora's API with the server's token.
+fn api(
+    server: &Server,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut req = http_client()
+        .request(method, format!("http://{}{path}", server.api))
+        .bearer_auth(server.token());
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req.send().unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or_default())
+}
+
+/// A request through the router to sandbox `id`'s agent, the way the SDKs
+/// send them (by header). Returns the status and body.
+fn envd(
+    server: &Server,
+    sandbox: &serde_json::Value,
+    method: reqwest::Method,
+    path_and_query: &str,
+    body: Option<(&str, Vec<u8>)>,
+) -> (u16, String) {
+    let mut req = http_client()
+        .request(method, format!("http://{}{path_and_query}", server.http))
+        .header("E2b-Sandbox-Id", sandbox["id"].as_str().unwrap())
+        .header(
+            "X-Access-Token",
+            sandbox["envd_access_token"].as_str().unwrap(),
+        );
+    if let Some((content_type, body)) = body {
+        req = req.header("content-type", content_type).body(body);
+    }
+    let resp = req.send().unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.text().unwrap_or_default())
+}
+
+/// What the node still has of sandbox `id`: (kind, what). Empty when it is
+/// all gone.
+fn leftovers(server: &Server, id: &str) -> Vec<(&'static str, String)> {
+    let mut left = Vec::new();
+    let runtime = server.data_dir.join("runtime/sandboxes");
+    for (binary, root) in [("runsc", "gvisor"), ("runc", "container")] {
+        let root = runtime.join(root);
+        let listed = Command::new(binary)
+            .arg("--root")
+            .arg(&root)
+            .args(["list", "--quiet"])
+            .output()
+            .unwrap();
+        if stdout(&listed).lines().any(|l| l.trim() == id) {
+            left.push(("container", format!("{binary} --root {}", root.display())));
+        }
+        for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().contains(id) {
+                left.push(("runtime state", entry.path().display().to_string()));
+            }
+        }
+    }
+    let netns = bora_node::network::sandbox_netns_path(id);
+    if netns.exists() {
+        left.push(("netns", netns.display().to_string()));
+    }
+    let rules = Command::new("iptables").arg("-S").output().unwrap();
+    let chain = bora_node::firewall::sandbox_chain(id);
+    for rule in stdout(&rules).lines() {
+        if rule.contains(&chain) || rule.contains(id) {
+            left.push(("iptables", rule.to_string()));
+        }
+    }
+    let cni = Path::new("/var/lib/cni/networks/bora-sandbox");
+    for entry in std::fs::read_dir(cni).into_iter().flatten().flatten() {
+        let owner = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        if owner.lines().next() == Some(id) {
+            left.push(("address", entry.file_name().to_string_lossy().into_owned()));
+        }
+    }
+    let dir = server.data_dir.join("sandboxes").join(id);
+    let loops = Command::new("losetup")
+        .args(["--list", "--noheadings", "--output", "NAME,BACK-FILE"])
+        .output()
+        .unwrap();
+    for device in stdout(&loops).lines() {
+        if device.contains(&*dir.to_string_lossy()) {
+            left.push(("loop device", device.trim().to_string()));
+        }
+    }
+    for mount in common::mounts_under(&dir) {
+        left.push(("mount", mount));
+    }
+    if dir.exists() {
+        left.push(("directory", dir.display().to_string()));
+    }
+    let cgroup = Path::new("/sys/fs/cgroup")
+        .join(bora_node::cgroup::sandbox_path(id).trim_start_matches('/'));
+    if cgroup.exists() {
+        left.push(("cgroup", cgroup.display().to_string()));
+    }
+    left
+}
+
+#[test]
+fn a_sandbox_past_its_timeout_is_gone_with_its_files_and_network() {
+    require_root();
+    if !envd_available() {
+        eprintln!("skipped: build the sandbox agent first (scripts/build-envd.sh)");
+        return;
+    }
+    let server = Server::start();
+    server.base_template();
+    let create = || {
+        let (status, sandbox) = api(
+            &server,
+            reqwest::Method::POST,
+            "/v1/sandboxes",
+            Some(serde_json::json!({"timeout": "3s"})),
+        );
+        assert_eq!(
+            status,
+            201,
+            "{sandbox}\n{}",
+            common::tail(&server.log(), 40)
+        );
+        sandbox
+    };
+
+    // One that times out, with a file on its disk and its agent answering.
+    let doomed = create();
+    let id = doomed["id"].as_str().unwrap().to_string();
+    let upload = envd(
+        &server,
+        &doomed,
+        reqwest::Method::POST,
+        "/files?path=/home/user/note.txt&username=user",
+        Some(("application/octet-stream", b"written".to_vec())),
+    );
+    assert_eq!(upload.0, 200, "upload: {upload:?}");
+    let read = envd(
+        &server,
+        &doomed,
+        reqwest::Method::GET,
+        "/files?path=/home/user/note.txt&username=user",
+        None,
+    );
+    assert_eq!(read, (200, "written".to_string()));
+    let processes = envd(
+        &server,
+        &doomed,
+        reqwest::Method::POST,
+        "/process.Process/List",
+        Some(("application/json", b"{}".to_vec())),
+    );
+    assert_eq!(processes.0, 200, "process list: {processes:?}");
+    // What the checks below look for is there while it lives.
+    let live = leftovers(&server, &id);
+    for kind in [
+        "container",
+        "runtime state",
+        "netns",
+        "iptables",
+        "address",
+        "loop device",
+        "mount",
+        "directory",
+    ] {
+        assert!(
+            live.iter().any(|(k, _)| *k == kind),
+            "no {kind} in {live:?}"
+        );
+    }
+
+    // One whose timeout is extended before it passes.
+    let extended = create();
+    // Its first deadline was set (3 s ahead) before create() returned.
+    let first_deadline = Instant::now() + Duration::from_secs(3);
+    let extended_id = extended["id"].as_str().unwrap().to_string();
+    let (status, after) = api(
+        &server,
+        reqwest::Method::POST,
+        &format!("/v1/sandboxes/{extended_id}/timeout"),
+        Some(serde_json::json!({"timeout": "30s"})),
+    );
+    assert_eq!(status, 200, "{after}");
+    assert_eq!(after["state"], "running", "{after}");
+
+    let gone = server.wait_until("the sandbox to time out", Duration::from_secs(30), || {
+        let (status, sandbox) = api(
+            &server,
+            reqwest::Method::GET,
+            &format!("/v1/sandboxes/{id}"),
+            None,
+        );
+        assert_eq!(status, 200, "{sandbox}");
+        // Its address is cleared once the node has torn it down.
+        (sandbox["state"] != "running" && sandbox["ip"].is_null()).then_some(sandbox)
+    });
+    assert_eq!(gone["state"], "timed_out", "{gone}");
+    let listed = server.api_get("/v1/sandboxes");
+    let listed_ids: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    assert!(!listed_ids.contains(&id.as_str()), "{listed}");
+    let (status, body) = api(
+        &server,
+        reqwest::Method::GET,
+        &format!("/e2b/sandboxes/{id}"),
+        None,
+    );
+    assert_eq!(status, 404, "E2B's API still has it: {body}");
+    let (status, body) = envd(&server, &doomed, reqwest::Method::GET, "/health", None);
+    assert_eq!(status, 404, "the router still routes it: {body}");
+    // The reaper ends it in one go; give the kernel a moment to let go.
+    let mut left = leftovers(&server, &id);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        left = leftovers(&server, &id);
+    }
+    assert!(left.is_empty(), "left of the timed-out sandbox: {left:?}");
+
+    // The extended one outlives its first deadline (and the reaper's next
+    // round after it) and still answers.
+    let past = first_deadline + Duration::from_secs(2);
+    std::thread::sleep(past.saturating_duration_since(Instant::now()));
+    let (status, sandbox) = api(
+        &server,
+        reqwest::Method::GET,
+        &format!("/v1/sandboxes/{extended_id}"),
+        None,
+    );
+    assert_eq!(
+        (status, &sandbox["state"]),
+        (200, &"running".into()),
+        "{sandbox}"
+    );
+    let (status, _) = envd(&server, &extended, reqwest::Method::GET, "/health", None);
+    assert_eq!(status, 204);
+    let (status, body) = api(
+        &server,
+        reqwest::Method::DELETE,
+        &format!("/v1/sandboxes/{extended_id}"),
+        None,
+    );
+    assert_eq!(status, 204, "{body}");
+    let left = leftovers(&server, &extended_id);
+    assert!(left.is_empty(), "left of the killed sandbox: {left:?}");
 }

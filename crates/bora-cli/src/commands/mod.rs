@@ -21,6 +21,7 @@ pub mod deployments;
 pub mod events;
 pub mod instances;
 pub mod logs;
+pub mod sandboxes;
 pub mod secrets;
 pub mod services;
 
@@ -93,5 +94,6 @@ pub(crate) async fn run(
         ClientCommand::Logs(args) => logs::run(&mut ctx, args).await,
         ClientCommand::Secrets(cmd) => secrets::run(&mut ctx, cmd).await,
         ClientCommand::Events(args) => events::run(&mut ctx, args).await,
+        ClientCommand::Sandboxes(cmd) => sandboxes::run(&mut ctx, cmd).await,
     }
 }

@@ -2,15 +2,17 @@
 //!
 //! - Python: `tests/sdk/acceptance.py` with the Python of a virtualenv
 //!   holding `pip install e2b` (`BORA_E2B_PYTHON`, default
-//!   `/tmp/e2bvenv/bin/python`);
+//!   `target/sdk/venv-e2b-2.63.0/bin/python` of the checkout);
 //! - JavaScript: `tests/sdk/acceptance.mjs` with `node`, in a directory
 //!   where `npm install e2b` was run (`BORA_E2B_JS_DIR`, default
-//!   `/tmp/e2bjs`).
+//!   `target/sdk/js` of the checkout).
 //!
-//! Each skips, saying why, when its SDK is missing; installing the SDKs is
-//! the CI setup's job.
+//! `scripts/install-sdks.sh` installs both, pinned, where the defaults
+//! point (`scripts/test.sh` runs it before the tests). Each test skips,
+//! saying why, when its SDK is missing: a developer running one test
+//! without the script.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -19,13 +21,21 @@ use bora_envd::Config;
 use crate::harness::{Envd, TEST_USER, test_user};
 use crate::require_root;
 
+/// Where `scripts/install-sdks.sh` installs the SDKs.
+fn sdk_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/sdk")
+}
+
 fn sdk_python() -> Result<String, String> {
-    let python =
-        std::env::var("BORA_E2B_PYTHON").unwrap_or_else(|_| "/tmp/e2bvenv/bin/python".into());
+    let python = std::env::var("BORA_E2B_PYTHON").unwrap_or_else(|_| {
+        sdk_dir()
+            .join("venv-e2b-2.63.0/bin/python")
+            .display()
+            .to_string()
+    });
     if !Path::new(&python).exists() {
         return Err(format!(
-            "{python} does not exist (python3 -m venv /tmp/e2bvenv && \
-             /tmp/e2bvenv/bin/pip install e2b, or set BORA_E2B_PYTHON)"
+            "{python} does not exist (run scripts/install-sdks.sh, or set BORA_E2B_PYTHON)"
         ));
     }
     let ok = Command::new(&python)
@@ -37,7 +47,9 @@ fn sdk_python() -> Result<String, String> {
     if ok {
         Ok(python)
     } else {
-        Err(format!("{python} cannot import e2b (pip install e2b)"))
+        Err(format!(
+            "{python} cannot import e2b (run scripts/install-sdks.sh, or pip install e2b)"
+        ))
     }
 }
 
@@ -97,13 +109,14 @@ async fn official_python_sdk_drives_envd() {
 }
 
 fn sdk_js_dir() -> Result<String, String> {
-    let dir = std::env::var("BORA_E2B_JS_DIR").unwrap_or_else(|_| "/tmp/e2bjs".into());
+    let dir = std::env::var("BORA_E2B_JS_DIR")
+        .unwrap_or_else(|_| sdk_dir().join("js").display().to_string());
     if !Path::new(&dir)
         .join("node_modules/e2b/package.json")
         .exists()
     {
         return Err(format!(
-            "{dir}/node_modules/e2b is missing (cd {dir} && npm install e2b, or set BORA_E2B_JS_DIR)"
+            "{dir}/node_modules/e2b is missing (run scripts/install-sdks.sh, or set BORA_E2B_JS_DIR)"
         ));
     }
     let node = Command::new("node")

@@ -11,6 +11,7 @@
 //! loopback.
 
 pub mod router;
+pub mod sandbox;
 pub mod scale;
 pub mod wake;
 

@@ -172,18 +172,26 @@ pub struct Server {
     pub data_dir: PathBuf,
     pub api: SocketAddr,
     pub http: SocketAddr,
+    /// Flags added to `bora server`'s.
+    extra_args: Vec<String>,
     child: Option<Child>,
     _dir: tempfile::TempDir,
 }
 
 impl Server {
     pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// Starts a server with `extra_args` added to `bora server`'s flags.
+    pub fn start_with(extra_args: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
         let mut s = Server {
             data_dir,
             api: "0.0.0.0:0".parse().unwrap(),
             http: "0.0.0.0:0".parse().unwrap(),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             child: None,
             _dir: dir,
         };
@@ -207,6 +215,7 @@ impl Server {
                 "--http-listen",
                 "127.0.0.1:0",
             ])
+            .args(&self.extra_args)
             .env("BORA_LOG", "info,bora_control=debug")
             .stdout(Stdio::piped())
             .stderr(log)
@@ -270,6 +279,37 @@ impl Server {
             .env_remove("BORA_TOKEN")
             .output()
             .unwrap()
+    }
+
+    /// Makes the base sandbox template available to this server. The
+    /// Debian root filesystem is built once per checkout (mmdebstrap, a
+    /// minute or two) into `target/tmp/base-template` and shared: each
+    /// server then imports the cached tarball into its own image store
+    /// (`bora templates build-base` finds the cache; seconds).
+    pub fn base_template(&self) {
+        let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tmp/base-template");
+        std::fs::create_dir_all(&shared).unwrap();
+        // build-base locks the cache directory: parallel tests wait for the first.
+        let built = Command::new(BORA)
+            .args(["templates", "build-base", "--data-dir"])
+            .arg(&shared)
+            .output()
+            .unwrap();
+        assert!(
+            built.status.success(),
+            "bora templates build-base (shared cache) failed:\n{}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        let ours = self.data_dir.join("templates");
+        std::fs::create_dir_all(&ours).unwrap();
+        let copied = Command::new("cp")
+            .args(["-a", "--reflink=auto"])
+            .arg(shared.join("templates/base"))
+            .arg(&ours)
+            .status()
+            .unwrap();
+        assert!(copied.success(), "copying the cached base template failed");
+        self.cli_ok(&["templates", "build-base"]);
     }
 
     /// Runs the CLI and expects success; returns stdout.

@@ -24,6 +24,10 @@ sbx.files.write("/home/user/a.txt", "data")
 assert sbx.files.read("/home/user/a.txt") == "data"
 names = [e.name for e in sbx.files.list("/home/user")]
 assert "a.txt" in names, names
+# coreutils' ls and stat use statx(AT_NO_AUTOMOUNT), which gVisor before
+# 2023 refused ("Invalid argument"): they must work in a sandbox.
+ls = sbx.commands.run("ls /home/user && stat -c '%U %s' /home/user/a.txt")
+assert ls.stdout == "a.txt\nuser 4\n", (ls.stdout, ls.stderr)
 print("files", names)
 
 h = sbx.commands.run("sleep 30", background=True)
