@@ -26,6 +26,7 @@ use bora_api::{Isolation, SandboxResources};
 use bora_image::Image;
 use tokio::sync::Notify;
 
+use crate::ControlError;
 use crate::controller::Controller;
 
 /// The longest a filler waits between failed starts.
@@ -108,6 +109,10 @@ pub(crate) struct Pool {
     ready: Mutex<VecDeque<Warm>>,
     /// Woken when a sandbox was claimed.
     claimed: Notify,
+    /// Held by the filler while it starts a sandbox and puts it in the
+    /// pool (or stops it, once closed): [`Controller::drain_pools`] takes
+    /// it, so it never returns while a sandbox is half started.
+    starting: tokio::sync::Mutex<()>,
 }
 
 impl Pool {
@@ -116,6 +121,7 @@ impl Pool {
             spec,
             ready: Mutex::new(VecDeque::new()),
             claimed: Notify::new(),
+            starting: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -201,7 +207,7 @@ impl Controller {
 
     async fn fill_pool(self: Arc<Self>, pool: Arc<Pool>) {
         let mut backoff = Duration::from_millis(500);
-        while !self.pools.closed.load(Ordering::SeqCst) {
+        loop {
             self.metrics.pool_ready(
                 &pool.spec.template,
                 &pool.spec.isolation.to_string(),
@@ -211,16 +217,10 @@ impl Controller {
                 pool.claimed.notified().await;
                 continue;
             }
-            match self.start_warm(&pool.spec).await {
-                Ok(warm) if self.pools.closed.load(Ordering::SeqCst) => {
-                    self.stop_warm(&warm).await;
-                }
-                Ok(warm) => {
-                    tracing::debug!(pool = %pool.spec, sandbox = %warm.id, "warm sandbox ready");
-                    pool.put(warm);
-                    backoff = Duration::from_millis(500);
-                }
-                Err(e) => {
+            match self.fill_one(&pool).await {
+                None => return,
+                Some(Ok(())) => backoff = Duration::from_millis(500),
+                Some(Err(e)) => {
                     tracing::warn!(pool = %pool.spec, error = %e, retry_in = ?backoff, "cannot fill the sandbox pool");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -229,13 +229,37 @@ impl Controller {
         }
     }
 
+    /// Starts one warm sandbox into `pool`, holding its `starting` lock
+    /// throughout; `None` once the pools are closed (a sandbox started
+    /// meanwhile is stopped).
+    async fn fill_one(&self, pool: &Pool) -> Option<Result<(), ControlError>> {
+        let _starting = pool.starting.lock().await;
+        if self.pools.closed.load(Ordering::SeqCst) {
+            return None;
+        }
+        match self.start_warm(&pool.spec).await {
+            Ok(warm) if self.pools.closed.load(Ordering::SeqCst) => {
+                tracing::debug!(pool = %pool.spec, sandbox = %warm.id, "stopping a warm sandbox started while the pools closed");
+                self.stop_warm(&warm).await;
+                None
+            }
+            Ok(warm) => {
+                tracing::debug!(pool = %pool.spec, sandbox = %warm.id, "warm sandbox ready");
+                pool.put(warm);
+                Some(Ok(()))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+
     /// Stops filling the pools and stops their warm sandboxes: at
-    /// shutdown, so idle sandboxes do not outlive the server. (One being
-    /// started right now is stopped by its filler; the next start sweeps
-    /// any left.)
+    /// shutdown, so idle sandboxes do not outlive the server. A sandbox
+    /// being started right now is waited for (its filler stops it): the
+    /// process exits next, and would leave it half started.
     pub async fn drain_pools(&self) {
         self.pools.closed.store(true, Ordering::SeqCst);
         for pool in self.pools.all() {
+            let _starting = pool.starting.lock().await;
             while let Some(warm) = pool.take() {
                 self.stop_warm(&warm).await;
             }

@@ -31,7 +31,7 @@ enum Command {
     /// Run the built-in LLM inference engine.
     #[command(subcommand)]
     Engine(EngineCommand),
-    /// Stop and remove every instance of a data directory (with its server stopped).
+    /// Stop and remove every instance and sandbox of a data directory (with its server stopped).
     Reset(ResetArgs),
     /// Build sandbox templates into this node's image store.
     #[command(subcommand)]
@@ -262,7 +262,7 @@ async fn server(data_dir: PathBuf, args: ServerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Stops and removes every instance a data directory's server started:
+/// Stops and removes every instance and sandbox a data directory's server started:
 /// processes, mounts, network namespaces and addresses.
 async fn reset(data_dir: std::path::PathBuf, args: ResetArgs) -> anyhow::Result<()> {
     let lock = data_dir.join("server.lock");
@@ -283,6 +283,12 @@ async fn reset(data_dir: std::path::PathBuf, args: ResetArgs) -> anyhow::Result<
             .await
             .with_context(|| format!("stopping instance {}", instance.id))?;
         println!("stopped instance {}", instance.id);
+    }
+    for sandbox in node.recover_sandboxes() {
+        node.stop_sandbox(&sandbox.id)
+            .await
+            .with_context(|| format!("stopping sandbox {}", sandbox.id))?;
+        println!("stopped sandbox {}", sandbox.id);
     }
     Ok(())
 }

@@ -23,7 +23,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{Server, http_client, require_root, stderr, stdout};
+use common::{Server, require_root, stderr, stdout};
 
 /// The Python SDK version the scripts are written against (the JavaScript
 /// one is pinned in `scripts/sdk/package.json`).
@@ -232,113 +232,6 @@ fn the_e2b_python_sdk_pauses_and_resumes_a_sandbox_with_its_metadata_and_env() {
     assert_eq!(left["items"].as_array().unwrap().len(), 0, "{left}");
 }
 
-/// A request to Bora's API with the server's token.
-fn api(
-    server: &Server,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> (u16, serde_json::Value) {
-    let mut req = http_client()
-        .request(method, format!("http://{}{path}", server.api))
-        .bearer_auth(server.token());
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    let resp = req.send().unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().unwrap();
-    (status, serde_json::from_str(&text).unwrap_or_default())
-}
-
-/// A request through the router to sandbox `id`'s agent, the way the SDKs
-/// send them (by header). Returns the status and body.
-fn envd(
-    server: &Server,
-    sandbox: &serde_json::Value,
-    method: reqwest::Method,
-    path_and_query: &str,
-    body: Option<(&str, Vec<u8>)>,
-) -> (u16, String) {
-    let mut req = http_client()
-        .request(method, format!("http://{}{path_and_query}", server.http))
-        .header("E2b-Sandbox-Id", sandbox["id"].as_str().unwrap())
-        .header(
-            "X-Access-Token",
-            sandbox["envd_access_token"].as_str().unwrap(),
-        );
-    if let Some((content_type, body)) = body {
-        req = req.header("content-type", content_type).body(body);
-    }
-    let resp = req.send().unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.text().unwrap_or_default())
-}
-
-/// What the node still has of sandbox `id`: (kind, what). Empty when it is
-/// all gone.
-fn leftovers(server: &Server, id: &str) -> Vec<(&'static str, String)> {
-    let mut left = Vec::new();
-    let runtime = server.data_dir.join("runtime/sandboxes");
-    for (binary, root) in [("runsc", "gvisor"), ("runc", "container")] {
-        let root = runtime.join(root);
-        let listed = Command::new(binary)
-            .arg("--root")
-            .arg(&root)
-            .args(["list", "--quiet"])
-            .output()
-            .unwrap();
-        if stdout(&listed).lines().any(|l| l.trim() == id) {
-            left.push(("container", format!("{binary} --root {}", root.display())));
-        }
-        for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-            if entry.file_name().to_string_lossy().contains(id) {
-                left.push(("runtime state", entry.path().display().to_string()));
-            }
-        }
-    }
-    let netns = bora_node::network::sandbox_netns_path(id);
-    if netns.exists() {
-        left.push(("netns", netns.display().to_string()));
-    }
-    let rules = Command::new("iptables").arg("-S").output().unwrap();
-    let chain = bora_node::firewall::sandbox_chain(id);
-    for rule in stdout(&rules).lines() {
-        if rule.contains(&chain) || rule.contains(id) {
-            left.push(("iptables", rule.to_string()));
-        }
-    }
-    let cni = Path::new("/var/lib/cni/networks/bora-sandbox");
-    for entry in std::fs::read_dir(cni).into_iter().flatten().flatten() {
-        let owner = std::fs::read_to_string(entry.path()).unwrap_or_default();
-        if owner.lines().next() == Some(id) {
-            left.push(("address", entry.file_name().to_string_lossy().into_owned()));
-        }
-    }
-    let dir = server.data_dir.join("sandboxes").join(id);
-    let loops = Command::new("losetup")
-        .args(["--list", "--noheadings", "--output", "NAME,BACK-FILE"])
-        .output()
-        .unwrap();
-    for device in stdout(&loops).lines() {
-        if device.contains(&*dir.to_string_lossy()) {
-            left.push(("loop device", device.trim().to_string()));
-        }
-    }
-    for mount in common::mounts_under(&dir) {
-        left.push(("mount", mount));
-    }
-    if dir.exists() {
-        left.push(("directory", dir.display().to_string()));
-    }
-    let cgroup = Path::new("/sys/fs/cgroup")
-        .join(bora_node::cgroup::sandbox_path(id).trim_start_matches('/'));
-    if cgroup.exists() {
-        left.push(("cgroup", cgroup.display().to_string()));
-    }
-    left
-}
-
 #[test]
 fn a_sandbox_past_its_timeout_is_gone_with_its_files_and_network() {
     require_root();
@@ -349,8 +242,7 @@ fn a_sandbox_past_its_timeout_is_gone_with_its_files_and_network() {
     let server = Server::start();
     server.base_template();
     let create = || {
-        let (status, sandbox) = api(
-            &server,
+        let (status, sandbox) = server.api_request(
             reqwest::Method::POST,
             "/v1/sandboxes",
             Some(serde_json::json!({"timeout": "3s"})),
@@ -367,24 +259,21 @@ fn a_sandbox_past_its_timeout_is_gone_with_its_files_and_network() {
     // One that times out, with a file on its disk and its agent answering.
     let doomed = create();
     let id = doomed["id"].as_str().unwrap().to_string();
-    let upload = envd(
-        &server,
+    let upload = server.envd_request(
         &doomed,
         reqwest::Method::POST,
         "/files?path=/home/user/note.txt&username=user",
         Some(("application/octet-stream", b"written".to_vec())),
     );
     assert_eq!(upload.0, 200, "upload: {upload:?}");
-    let read = envd(
-        &server,
+    let read = server.envd_request(
         &doomed,
         reqwest::Method::GET,
         "/files?path=/home/user/note.txt&username=user",
         None,
     );
     assert_eq!(read, (200, "written".to_string()));
-    let processes = envd(
-        &server,
+    let processes = server.envd_request(
         &doomed,
         reqwest::Method::POST,
         "/process.Process/List",
@@ -392,7 +281,7 @@ fn a_sandbox_past_its_timeout_is_gone_with_its_files_and_network() {
     );
     assert_eq!(processes.0, 200, "process list: {processes:?}");
     // What the checks below look for is there while it lives.
-    let live = leftovers(&server, &id);
+    let live = server.sandbox_leftovers(&id);
     for kind in [
         "container",
         "runtime state",
@@ -414,8 +303,7 @@ fn a_sandbox_past_its_timeout_is_gone_with_its_files_and_network() {
     // Its first deadline was set (3 s ahead) before create() returned.
     let first_deadline = Instant::now() + Duration::from_secs(3);
     let extended_id = extended["id"].as_str().unwrap().to_string();
-    let (status, after) = api(
-        &server,
+    let (status, after) = server.api_request(
         reqwest::Method::POST,
         &format!("/v1/sandboxes/{extended_id}/timeout"),
         Some(serde_json::json!({"timeout": "30s"})),
@@ -424,12 +312,8 @@ fn a_sandbox_past_its_timeout_is_gone_with_its_files_and_network() {
     assert_eq!(after["state"], "running", "{after}");
 
     let gone = server.wait_until("the sandbox to time out", Duration::from_secs(30), || {
-        let (status, sandbox) = api(
-            &server,
-            reqwest::Method::GET,
-            &format!("/v1/sandboxes/{id}"),
-            None,
-        );
+        let (status, sandbox) =
+            server.api_request(reqwest::Method::GET, &format!("/v1/sandboxes/{id}"), None);
         assert_eq!(status, 200, "{sandbox}");
         // Its address is cleared once the node has torn it down.
         (sandbox["state"] != "running" && sandbox["ip"].is_null()).then_some(sandbox)
@@ -443,21 +327,17 @@ fn a_sandbox_past_its_timeout_is_gone_with_its_files_and_network() {
         .filter_map(|s| s["id"].as_str())
         .collect();
     assert!(!listed_ids.contains(&id.as_str()), "{listed}");
-    let (status, body) = api(
-        &server,
-        reqwest::Method::GET,
-        &format!("/e2b/sandboxes/{id}"),
-        None,
-    );
+    let (status, body) =
+        server.api_request(reqwest::Method::GET, &format!("/e2b/sandboxes/{id}"), None);
     assert_eq!(status, 404, "E2B's API still has it: {body}");
-    let (status, body) = envd(&server, &doomed, reqwest::Method::GET, "/health", None);
+    let (status, body) = server.envd_request(&doomed, reqwest::Method::GET, "/health", None);
     assert_eq!(status, 404, "the router still routes it: {body}");
     // The reaper ends it in one go; give the kernel a moment to let go.
-    let mut left = leftovers(&server, &id);
+    let mut left = server.sandbox_leftovers(&id);
     let deadline = Instant::now() + Duration::from_secs(5);
     while !left.is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
-        left = leftovers(&server, &id);
+        left = server.sandbox_leftovers(&id);
     }
     assert!(left.is_empty(), "left of the timed-out sandbox: {left:?}");
 
@@ -465,8 +345,7 @@ fn a_sandbox_past_its_timeout_is_gone_with_its_files_and_network() {
     // round after it) and still answers.
     let past = first_deadline + Duration::from_secs(2);
     std::thread::sleep(past.saturating_duration_since(Instant::now()));
-    let (status, sandbox) = api(
-        &server,
+    let (status, sandbox) = server.api_request(
         reqwest::Method::GET,
         &format!("/v1/sandboxes/{extended_id}"),
         None,
@@ -476,15 +355,14 @@ fn a_sandbox_past_its_timeout_is_gone_with_its_files_and_network() {
         (200, &"running".into()),
         "{sandbox}"
     );
-    let (status, _) = envd(&server, &extended, reqwest::Method::GET, "/health", None);
+    let (status, _) = server.envd_request(&extended, reqwest::Method::GET, "/health", None);
     assert_eq!(status, 204);
-    let (status, body) = api(
-        &server,
+    let (status, body) = server.api_request(
         reqwest::Method::DELETE,
         &format!("/v1/sandboxes/{extended_id}"),
         None,
     );
     assert_eq!(status, 204, "{body}");
-    let left = leftovers(&server, &extended_id);
+    let left = server.sandbox_leftovers(&extended_id);
     assert!(left.is_empty(), "left of the killed sandbox: {left:?}");
 }

@@ -258,6 +258,29 @@ impl Server {
         }
     }
 
+    /// Stops the server the way an operator does, with SIGTERM, and waits
+    /// (at most a minute) for it to exit. Returns its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the server is not running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the server did not exit within 60 s of SIGTERM; log:\n{}",
+                    tail(&self.log(), 60)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn restart(&mut self) {
         self.kill9();
         self.launch();
@@ -373,6 +396,115 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// A request to Bora's API with the server's token: the status and the
+    /// body as JSON (null when it is not JSON).
+    pub fn api_request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = http_client()
+            .request(method, format!("http://{}{path}", self.api))
+            .bearer_auth(self.token());
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or_default())
+    }
+
+    /// A request through the router to a sandbox's agent, the way the SDKs
+    /// send them (by header), with the sandbox's access token. Returns the
+    /// status and body.
+    pub fn envd_request(
+        &self,
+        sandbox: &serde_json::Value,
+        method: reqwest::Method,
+        path_and_query: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> (u16, String) {
+        let mut req = http_client()
+            .request(method, format!("http://{}{path_and_query}", self.http))
+            .header("E2b-Sandbox-Id", sandbox["id"].as_str().unwrap())
+            .header(
+                "X-Access-Token",
+                sandbox["envd_access_token"].as_str().unwrap(),
+            );
+        if let Some((content_type, body)) = body {
+            req = req.header("content-type", content_type).body(body);
+        }
+        let resp = req.send().unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.text().unwrap_or_default())
+    }
+
+    /// What the node still has of sandbox `id`: (kind, what). Empty when
+    /// it is all gone.
+    pub fn sandbox_leftovers(&self, id: &str) -> Vec<(&'static str, String)> {
+        let mut left = Vec::new();
+        let runtime = self.data_dir.join("runtime/sandboxes");
+        for (binary, root) in [("runsc", "gvisor"), ("runc", "container")] {
+            let root = runtime.join(root);
+            let listed = Command::new(binary)
+                .arg("--root")
+                .arg(&root)
+                .args(["list", "--quiet"])
+                .output()
+                .unwrap();
+            if stdout(&listed).lines().any(|l| l.trim() == id) {
+                left.push(("container", format!("{binary} --root {}", root.display())));
+            }
+            for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                if entry.file_name().to_string_lossy().contains(id) {
+                    left.push(("runtime state", entry.path().display().to_string()));
+                }
+            }
+        }
+        let netns = bora_node::network::sandbox_netns_path(id);
+        if netns.exists() {
+            left.push(("netns", netns.display().to_string()));
+        }
+        let rules = Command::new("iptables").arg("-S").output().unwrap();
+        let chain = bora_node::firewall::sandbox_chain(id);
+        for rule in stdout(&rules).lines() {
+            if rule.contains(&chain) || rule.contains(id) {
+                left.push(("iptables", rule.to_string()));
+            }
+        }
+        let cni = Path::new("/var/lib/cni/networks/bora-sandbox");
+        for entry in std::fs::read_dir(cni).into_iter().flatten().flatten() {
+            let owner = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            if owner.lines().next() == Some(id) {
+                left.push(("address", entry.file_name().to_string_lossy().into_owned()));
+            }
+        }
+        let dir = self.data_dir.join("sandboxes").join(id);
+        let loops = Command::new("losetup")
+            .args(["--list", "--noheadings", "--output", "NAME,BACK-FILE"])
+            .output()
+            .unwrap();
+        for device in stdout(&loops).lines() {
+            if device.contains(&*dir.to_string_lossy()) {
+                left.push(("loop device", device.trim().to_string()));
+            }
+        }
+        for mount in mounts_under(&dir) {
+            left.push(("mount", mount));
+        }
+        if dir.exists() {
+            left.push(("directory", dir.display().to_string()));
+        }
+        let cgroup = Path::new("/sys/fs/cgroup")
+            .join(bora_node::cgroup::sandbox_path(id).trim_start_matches('/'));
+        if cgroup.exists() {
+            left.push(("cgroup", cgroup.display().to_string()));
+        }
+        left
     }
 
     /// Ids of the runc containers this server's node runs.
