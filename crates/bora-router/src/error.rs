@@ -74,9 +74,12 @@ pub enum ErrorKind {
         /// The host as normalised for lookup.
         host: String,
     },
-    /// No running sandbox has the id the request names.
+    /// No running sandbox has the id the request names. Answered as E2B's
+    /// proxy does — 502 with "… was not found" — which the E2B SDKs read as
+    /// "the sandbox is not running" (`is_running()` is false, calls raise
+    /// `SandboxNotRunningException`).
     #[error(
-        "no running sandbox {id:?}: it was killed, timed out or never existed (GET /v1/sandboxes lists the running ones)"
+        "sandbox {id:?} was not found running: it was killed, timed out, is paused or never existed (GET /v1/sandboxes lists the live ones)"
     )]
     UnknownSandbox { id: String },
     /// The sandbox port a request names is not a port.
@@ -185,9 +188,8 @@ impl ErrorKind {
             Self::MissingHost | Self::BadRequest(_) | Self::BadSandboxPort { .. } => {
                 StatusCode::BAD_REQUEST
             }
-            Self::UnknownHost { .. } | Self::UnknownSandbox { .. } | Self::NoRoute { .. } => {
-                StatusCode::NOT_FOUND
-            }
+            Self::UnknownHost { .. } | Self::NoRoute { .. } => StatusCode::NOT_FOUND,
+            Self::UnknownSandbox { .. } => StatusCode::BAD_GATEWAY,
             Self::NoHealthyInstance { .. }
             | Self::WakeTimeout { .. }
             | Self::TooManyHeld { .. }

@@ -270,9 +270,15 @@ impl Router {
         if table.service(&lookup).is_some() {
             return Ok(None);
         }
-        Ok(table
-            .sandbox_host(&lookup)
-            .and_then(|(id, port)| Some((table.sandbox(id)?.clone(), port))))
+        match table.sandbox_host(&lookup) {
+            None => Ok(None),
+            Some((id, port)) => {
+                let sandbox = table
+                    .sandbox(id)
+                    .ok_or_else(|| ErrorKind::UnknownSandbox { id: id.to_string() })?;
+                Ok(Some((sandbox.clone(), port)))
+            }
+        }
     }
 
     /// The service serving `host`, from the current table.

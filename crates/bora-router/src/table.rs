@@ -289,6 +289,9 @@ impl CompiledTable {
     pub(crate) fn sandbox_host<'h>(&self, host: &'h str) -> Option<(&'h str, u16)> {
         let label = host.strip_suffix(self.domain_suffix.as_str())?;
         let (port, id) = label.split_once('-')?;
+        if id.is_empty() || id.contains('.') {
+            return None;
+        }
         Some((id, port.parse().ok().filter(|p| *p != 0)?))
     }
 

@@ -186,16 +186,18 @@ async fn sandboxes_are_reached_by_their_id_header_or_host_on_any_port() {
             .await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "sb1-app"));
 
-        // Unknown sandboxes and bad ports are the client's mistake; a
-        // sandbox id never reaches anything but its own address.
+        // An unknown sandbox is a 502 "was not found", as E2B's proxy
+        // answers (the SDKs read it as "not running"); a bad port is the
+        // client's mistake; a sandbox id never reaches anything but its own
+        // address.
         let (status, _, body) = send(by_header("sb9", "49983")).await;
-        assert_eq!(status, StatusCode::NOT_FOUND);
-        assert!(body.starts_with("no running sandbox \"sb9\""), "{body}");
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert!(body.starts_with("sandbox \"sb9\" was not found"), "{body}");
         let (status, _, body) = send(by_header("sb1", "http")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(body.contains("E2b-Sandbox-Port \"http\""), "{body}");
         let (status, _, _) = router.get("80-sb9.localhost", "/").await;
-        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
     })
     .await;
 }

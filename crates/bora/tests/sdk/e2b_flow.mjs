@@ -39,7 +39,10 @@ let ids = await listed()
 check(ids.includes(sbx.sandboxId), `listed while running: ${ids}`)
 
 await sbx.setTimeout(300_000)
+check(await sbx.isRunning(), 'running before the kill')
 await sbx.kill()
 ids = await listed()
 check(!ids.includes(sbx.sandboxId), `listed after kill: ${ids}`)
+// The router answers a gone sandbox as E2B's proxy does (502 "was not found").
+check(!(await sbx.isRunning()), 'not running after the kill')
 console.log('ok')

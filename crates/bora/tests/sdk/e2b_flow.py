@@ -38,7 +38,10 @@ listed = [s.sandbox_id for s in Sandbox.list().next_items()]
 assert sbx.sandbox_id in listed, listed
 
 sbx.set_timeout(300)
+assert sbx.is_running()
 sbx.kill()
 listed = [s.sandbox_id for s in Sandbox.list().next_items()]
 assert sbx.sandbox_id not in listed, listed
+# The router answers a gone sandbox as E2B's proxy does (502 "was not found").
+assert not sbx.is_running()
 print("ok")
