@@ -271,15 +271,6 @@ impl Controller {
             tracing::warn!(sandbox = %warm.id, error = %e, "stopping a warm sandbox");
         }
     }
-
-    /// How full each pool is: `(spec, ready)`.
-    pub fn pool_status(&self) -> Vec<(PoolSpec, usize)> {
-        self.pools
-            .all()
-            .iter()
-            .map(|p| (p.spec.clone(), p.ready()))
-            .collect()
-    }
 }
 
 #[cfg(test)]

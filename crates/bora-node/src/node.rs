@@ -91,6 +91,14 @@ pub struct RecoveredInstance {
     pub status: InstanceStatus,
 }
 
+/// What [`Node::wait_started`] waits for.
+enum Started {
+    /// The runtime says the container is running.
+    Running(Runtime),
+    /// Something in it accepts connections here.
+    Listening(std::net::SocketAddr),
+}
+
 /// Written to `instance.json` so a restarted node can clean up after itself.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct InstanceRecord {
@@ -495,78 +503,64 @@ impl Node {
     }
 
     /// Waits until the launched container runs, or says why it did not.
+    pub(crate) async fn wait_running(&self, kind: Kind, id: &str) -> Result<(), NodeError> {
+        let runtime = self.runtime(kind, self.isolation(kind, id));
+        self.wait_started(kind, id, Started::Running(runtime)).await
+    }
+
     /// Waits until something in the container accepts connections on
     /// `addr` — cheaper than asking the runtime (`runsc state` is a process
     /// per poll, competing with the boot for the CPU) when the caller knows
-    /// what the container will listen on. Fails as soon as the shim records
-    /// the container's exit.
+    /// what the container will listen on.
     pub(crate) async fn wait_listening(
         &self,
         kind: Kind,
         id: &str,
         addr: std::net::SocketAddr,
     ) -> Result<(), NodeError> {
-        let dir = self.dir(kind, id);
-        let deadline = Instant::now() + self.config.start_timeout;
-        loop {
-            if let Some(exit) = shim::read_exit(&dir) {
-                return Err(NodeError::Start {
-                    instance: id.to_string(),
-                    detail: format!(
-                        "{}{}",
-                        describe_exit(&exit),
-                        self.last_output_suffix(kind, id)
-                    ),
-                });
-            }
-            let connect = tokio::net::TcpStream::connect(addr);
-            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(100), connect).await {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(NodeError::Start {
-                    instance: id.to_string(),
-                    detail: format!(
-                        "nothing listened on {addr} within {:?}{}",
-                        self.config.start_timeout,
-                        self.last_output_suffix(kind, id)
-                    ),
-                });
-            }
-            sleep(Duration::from_millis(2)).await;
-        }
+        self.wait_started(kind, id, Started::Listening(addr)).await
     }
 
-    pub(crate) async fn wait_running(&self, kind: Kind, id: &str) -> Result<(), NodeError> {
+    /// Polls until the container is `started`; fails as soon as the shim
+    /// records its exit, or at the start timeout.
+    async fn wait_started(&self, kind: Kind, id: &str, started: Started) -> Result<(), NodeError> {
         let dir = self.dir(kind, id);
-        let runtime = self.runtime(kind, self.isolation(kind, id));
-        let id = &id.to_string();
         let deadline = Instant::now() + self.config.start_timeout;
+        let failed = |detail: String| NodeError::Start {
+            instance: id.to_string(),
+            detail: format!("{detail}{}", self.last_output_suffix(kind, id)),
+        };
         loop {
             if let Some(exit) = shim::read_exit(&dir) {
-                return Err(NodeError::Start {
-                    instance: id.clone(),
-                    detail: format!(
-                        "{}{}",
-                        describe_exit(&exit),
-                        self.last_output_suffix(kind, id)
-                    ),
-                });
+                return Err(failed(describe_exit(&exit)));
             }
-            if runtime.state(id).await?.as_deref() == Some("running") {
+            let (ready, every) = match &started {
+                Started::Running(runtime) => {
+                    let state = runtime.state(id).await?;
+                    (
+                        state.as_deref() == Some("running"),
+                        Duration::from_millis(5),
+                    )
+                }
+                Started::Listening(addr) => {
+                    let connect = tokio::net::TcpStream::connect(*addr);
+                    let connected = tokio::time::timeout(Duration::from_millis(100), connect).await;
+                    (matches!(connected, Ok(Ok(_))), Duration::from_millis(2))
+                }
+            };
+            if ready {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(NodeError::Start {
-                    instance: id.clone(),
-                    detail: format!(
-                        "the container did not start within {:?}{}",
-                        self.config.start_timeout,
-                        self.last_output_suffix(kind, id)
-                    ),
-                });
+                let waited = self.config.start_timeout;
+                return Err(failed(match &started {
+                    Started::Running(_) => format!("the container did not start within {waited:?}"),
+                    Started::Listening(addr) => {
+                        format!("nothing listened on {addr} within {waited:?}")
+                    }
+                }));
             }
-            sleep(Duration::from_millis(5)).await;
+            sleep(every).await;
         }
     }
 

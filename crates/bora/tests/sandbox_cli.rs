@@ -6,17 +6,10 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{BORA, Server, require_root, stderr, stdout};
-
-fn envd_available() -> bool {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../target/envd/bora-envd")
-        .is_file()
-}
+use common::{BORA, Server, sandbox_server, stderr, stdout};
 
 /// `bora ARGS` with `input` on standard input.
 fn cli_with_input(server: &Server, args: &[&str], input: &[u8]) -> Output {
@@ -54,13 +47,9 @@ fn assert_fails_with(out: &Output, code: i32, needles: &[&str]) {
 
 #[test]
 fn the_cli_creates_runs_in_copies_and_kills_sandboxes() {
-    require_root();
-    if !envd_available() {
-        eprintln!("skipped: build the sandbox agent first (scripts/build-envd.sh)");
+    let Some(server) = sandbox_server(&[]) else {
         return;
-    }
-    let server = Server::start();
-    server.base_template();
+    };
 
     // create: only the id on stdout, so `ID=$(bora sandboxes create)` works.
     let created = server.cli(&["sandboxes", "create", "--timeout", "10m", "-m", "test=cli"]);
@@ -245,13 +234,9 @@ fn the_cli_creates_runs_in_copies_and_kills_sandboxes() {
 /// only at the end, after "gave up".
 #[test]
 fn exec_streams_output_as_it_happens() {
-    require_root();
-    if !envd_available() {
-        eprintln!("skipped: build the sandbox agent first (scripts/build-envd.sh)");
+    let Some(server) = sandbox_server(&[]) else {
         return;
-    }
-    let server = Server::start();
-    server.base_template();
+    };
     let id = server.cli_ok(&["sandboxes", "create"]).trim().to_string();
 
     let http = reqwest::blocking::Client::builder()

@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Server, http_client, require_root, tail};
+use common::{Server, http_client, run_in_sandbox, sandbox_server, tail};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -27,30 +27,9 @@ const POOL_SIZE: f64 = 2.0;
 /// How long the pool may take to fill (two gVisor starts, one at a time).
 const FILL_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn envd_available() -> bool {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../target/envd/bora-envd")
-        .is_file()
-        || std::env::var_os("BORA_ENVD_BINARY").is_some()
-}
-
-/// A metric's value from `/metrics` (0 when absent).
-fn metric(server: &Server, name_and_labels: &str) -> f64 {
-    let text = http_client()
-        .get(format!("http://{}/metrics", server.api))
-        .bearer_auth(server.token())
-        .send()
-        .and_then(|r| r.error_for_status())
-        .and_then(|r| r.text())
-        .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
-    text.lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 fn wait_pool_full(server: &Server) {
     server.wait_until("the pool to hold 2 warm sandboxes", FILL_TIMEOUT, || {
-        (metric(server, POOL_READY) == POOL_SIZE).then_some(())
+        (server.metric(POOL_READY) == POOL_SIZE).then_some(())
     });
 }
 
@@ -98,82 +77,11 @@ fn kill(server: &Server, id: &str) {
     assert_eq!(status, 204, "DELETE /v1/sandboxes/{id}: {body}");
 }
 
-/// Runs `command` with `bash -l -c` in the sandbox through the router, as
-/// the E2B SDK does (`process.Process/Start`, Connect JSON, with
-/// `E2b-Sandbox-Id` and the access token). Returns its stdout and exit code.
+/// Runs `command` in the sandbox through the router; its stdout and exit
+/// code.
 fn run(server: &Server, id: &str, token: &str, command: &str) -> (String, i64) {
-    let message = json!({
-        "process": { "cmd": "/bin/bash", "args": ["-l", "-c", command] }
-    })
-    .to_string();
-    let mut body = vec![0u8];
-    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    body.extend_from_slice(message.as_bytes());
-    let resp = http_client()
-        .post(format!("http://{}/process.Process/Start", server.http))
-        .header("Content-Type", "application/connect+json")
-        .header("Connect-Protocol-Version", "1")
-        .header("E2b-Sandbox-Id", id)
-        .header("X-Access-Token", token)
-        .body(body)
-        .send()
-        .unwrap_or_else(|e| panic!("process.Start {command:?} in {id}: {e}"));
-    let status = resp.status();
-    let bytes = resp.bytes().unwrap();
-    assert!(
-        status.is_success(),
-        "process.Start {command:?} in {id}: {status}: {}",
-        String::from_utf8_lossy(&bytes)
-    );
-    let (mut out, mut exit) = (Vec::new(), None);
-    let mut rest = &bytes[..];
-    while rest.len() >= 5 {
-        let flags = rest[0];
-        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
-        let payload = &rest[5..5 + len];
-        rest = &rest[5 + len..];
-        let message: Value = serde_json::from_slice(payload).unwrap();
-        if flags & 2 != 0 {
-            assert!(
-                message.get("error").is_none(),
-                "{command:?} in {id} ended with {message}"
-            );
-            continue;
-        }
-        let event = &message["event"];
-        if let Some(chunk) = event["data"]["stdout"].as_str() {
-            out.extend(base64_decode(chunk));
-        }
-        if let Some(end) = event.get("end") {
-            exit = Some(end["exitCode"].as_i64().unwrap_or(0));
-        }
-    }
-    let exit = exit.unwrap_or_else(|| {
-        panic!(
-            "{command:?} in {id} did not end: {}",
-            String::from_utf8_lossy(&bytes)
-        )
-    });
-    (String::from_utf8(out).unwrap(), exit)
-}
-
-fn base64_decode(text: &str) -> Vec<u8> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in text.bytes().filter(|&c| c != b'=') {
-        let v = ALPHABET
-            .iter()
-            .position(|&a| a == c)
-            .unwrap_or_else(|| panic!("{text:?} is not base64")) as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    out
+    run_in_sandbox(&http_client(), server.http, id, token, command)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The access token a sandbox's envd was started with, from its bundle.
@@ -256,13 +164,9 @@ fn assert_gone(server: &Server, ids: &BTreeSet<String>, what: &str) {
 
 #[test]
 fn a_warm_pool_serves_fitting_creates_and_leaves_nothing_behind() {
-    require_root();
-    if !envd_available() {
-        eprintln!("skipped: build the sandbox agent first (scripts/build-envd.sh)");
+    let Some(mut server) = sandbox_server(&["--sandbox-pool", "base=2"]) else {
         return;
-    }
-    let mut server = Server::start_with(&["--sandbox-pool", "base=2"]);
-    server.base_template();
+    };
 
     // 1. The pool fills once the template is there.
     wait_pool_full(&server);
@@ -272,15 +176,15 @@ fn a_warm_pool_serves_fitting_creates_and_leaves_nothing_behind() {
 
     // 2. A create that fits is a claim: one of the warm sandboxes, with the
     // request's env vars and default user.
-    let (pooled, cold) = (metric(&server, FROM_POOL), metric(&server, COLD));
+    let (pooled, cold) = (server.metric(FROM_POOL), server.metric(COLD));
     let claimed = create(
         &server,
         json!({"env": {"FOO": "bar"}, "metadata": {"k": "v"}}),
     );
     let id = claimed["id"].as_str().unwrap().to_string();
     let token = claimed["envd_access_token"].as_str().unwrap().to_string();
-    assert_eq!(metric(&server, FROM_POOL), pooled + 1.0);
-    assert_eq!(metric(&server, COLD), cold);
+    assert_eq!(server.metric(FROM_POOL), pooled + 1.0);
+    assert_eq!(server.metric(COLD), cold);
     assert!(
         warm_before.contains(&id),
         "{id} is not one of the warm sandboxes {warm_before:?}"
@@ -307,12 +211,12 @@ fn a_warm_pool_serves_fitting_creates_and_leaves_nothing_behind() {
         json!({"resources": {"memory_mib": 256}}),
         json!({"allow_out": ["10.0.0.1"]}),
     ] {
-        let (pooled, cold) = (metric(&server, FROM_POOL), metric(&server, COLD));
+        let (pooled, cold) = (server.metric(FROM_POOL), server.metric(COLD));
         let warm_now = warm(&server);
         let sandbox = create(&server, body.clone());
         let cold_id = sandbox["id"].as_str().unwrap();
-        assert_eq!(metric(&server, COLD), cold + 1.0, "{body}");
-        assert_eq!(metric(&server, FROM_POOL), pooled, "{body}");
+        assert_eq!(server.metric(COLD), cold + 1.0, "{body}");
+        assert_eq!(server.metric(FROM_POOL), pooled, "{body}");
         assert!(!warm_now.contains(cold_id), "{body}: {cold_id} was warm");
         let cold_token = sandbox["envd_access_token"].as_str().unwrap();
         assert_eq!(
@@ -326,7 +230,7 @@ fn a_warm_pool_serves_fitting_creates_and_leaves_nothing_behind() {
             "a killed cold sandbox",
         );
     }
-    assert_eq!(metric(&server, POOL_READY), POOL_SIZE);
+    assert_eq!(server.metric(POOL_READY), POOL_SIZE);
 
     // 5. A crash: the next start stops the warm sandboxes of the last run,
     // keeps the recorded one and fills the pool anew.

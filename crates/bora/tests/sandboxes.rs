@@ -23,7 +23,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{Server, require_root, stderr, stdout};
+use common::{Server, sandbox_server, stderr, stdout};
 
 /// The Python SDK version the scripts are written against (the JavaScript
 /// one is pinned in `scripts/sdk/package.json`).
@@ -100,10 +100,6 @@ fn sdk_js_dir() -> Result<PathBuf, String> {
     }
 }
 
-fn envd_available() -> bool {
-    checkout().join("target/envd/bora-envd").is_file()
-}
-
 /// Runs `cmd` with nothing of this environment but `PATH` and the three
 /// variables the issue allows, for at most [`SCRIPT_TIMEOUT`].
 fn run_sdk_script(server: &Server, cmd: &mut Command) -> Output {
@@ -168,14 +164,10 @@ fn script(name: &str) -> PathBuf {
 
 #[test]
 fn the_e2b_python_sdk_runs_commands_and_files_in_a_sandbox() {
-    require_root();
-    if !envd_available() {
-        eprintln!("skipped: build the sandbox agent first (scripts/build-envd.sh)");
-        return;
-    }
     let python = sdk_python();
-    let server = Server::start();
-    server.base_template();
+    let Some(server) = sandbox_server(&[]) else {
+        return;
+    };
 
     let run = run_sdk_script(&server, Command::new(&python).arg(script("e2b_flow.py")));
     assert_script_passed(&server, "the Python SDK flow", &run);
@@ -187,11 +179,6 @@ fn the_e2b_python_sdk_runs_commands_and_files_in_a_sandbox() {
 
 #[test]
 fn the_e2b_js_sdk_runs_commands_and_files_in_a_sandbox() {
-    require_root();
-    if !envd_available() {
-        eprintln!("skipped: build the sandbox agent first (scripts/build-envd.sh)");
-        return;
-    }
     let dir = match sdk_js_dir() {
         Ok(dir) => dir,
         Err(why) => {
@@ -199,8 +186,9 @@ fn the_e2b_js_sdk_runs_commands_and_files_in_a_sandbox() {
             return;
         }
     };
-    let server = Server::start();
-    server.base_template();
+    let Some(server) = sandbox_server(&[]) else {
+        return;
+    };
 
     // ES modules resolve `e2b` next to the script: run a copy from the
     // SDK's directory.
@@ -216,14 +204,10 @@ fn the_e2b_js_sdk_runs_commands_and_files_in_a_sandbox() {
 
 #[test]
 fn the_e2b_python_sdk_pauses_and_resumes_a_sandbox_with_its_metadata_and_env() {
-    require_root();
-    if !envd_available() {
-        eprintln!("skipped: build the sandbox agent first (scripts/build-envd.sh)");
-        return;
-    }
     let python = sdk_python();
-    let server = Server::start();
-    server.base_template();
+    let Some(server) = sandbox_server(&[]) else {
+        return;
+    };
 
     let run = run_sdk_script(&server, Command::new(&python).arg(script("e2b_pause.py")));
     assert_script_passed(&server, "the Python SDK pause/resume flow", &run);
@@ -234,13 +218,9 @@ fn the_e2b_python_sdk_pauses_and_resumes_a_sandbox_with_its_metadata_and_env() {
 
 #[test]
 fn a_sandbox_past_its_timeout_is_gone_with_its_files_and_network() {
-    require_root();
-    if !envd_available() {
-        eprintln!("skipped: build the sandbox agent first (scripts/build-envd.sh)");
+    let Some(server) = sandbox_server(&[]) else {
         return;
-    }
-    let server = Server::start();
-    server.base_template();
+    };
     let create = || {
         let (status, sandbox) = server.api_request(
             reqwest::Method::POST,

@@ -335,6 +335,20 @@ impl Server {
         self.cli_ok(&["templates", "build-base"]);
     }
 
+    /// A metric's value from the API's `/metrics` (0 when absent).
+    pub fn metric(&self, name_and_labels: &str) -> f64 {
+        let text = http_client()
+            .get(format!("http://{}/metrics", self.api))
+            .bearer_auth(self.token())
+            .send()
+            .and_then(|r| r.error_for_status())
+            .and_then(|r| r.text())
+            .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
+        text.lines()
+            .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// Runs the CLI and expects success; returns stdout.
     pub fn cli_ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
@@ -559,6 +573,91 @@ impl Drop for Server {
             eprintln!("bora reset: {}", String::from_utf8_lossy(&out.stderr));
         }
     }
+}
+
+/// A server for sandbox tests, with the base template imported; `None`
+/// (the test skips, saying why) when the sandbox agent is not built.
+pub fn sandbox_server(extra_args: &[&str]) -> Option<Server> {
+    require_root();
+    let envd = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/envd/bora-envd");
+    if !envd.is_file() && std::env::var_os("BORA_ENVD_BINARY").is_none() {
+        eprintln!("skipped: build the sandbox agent first (scripts/build-envd.sh)");
+        return None;
+    }
+    let server = Server::start_with(extra_args);
+    server.base_template();
+    Some(server)
+}
+
+/// Runs `command` with `bash -l -c` in sandbox `id` through the router at
+/// `router`, as the E2B SDK does (`process.Process/Start`, Connect JSON,
+/// with `E2b-Sandbox-Id` and the access token). Returns its stdout and
+/// exit code.
+pub fn run_in_sandbox(
+    client: &reqwest::blocking::Client,
+    router: SocketAddr,
+    id: &str,
+    token: &str,
+    command: &str,
+) -> Result<(String, i64), String> {
+    use base64::Engine as _;
+    let message = serde_json::json!({
+        "process": { "cmd": "/bin/bash", "args": ["-l", "-c", command] }
+    })
+    .to_string();
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(message.as_bytes());
+    let what = format!("process.Start {command:?} in {id}");
+    let resp = client
+        .post(format!("http://{router}/process.Process/Start"))
+        .header("Content-Type", "application/connect+json")
+        .header("Connect-Protocol-Version", "1")
+        .header("E2b-Sandbox-Id", id)
+        .header("X-Access-Token", token)
+        .body(body)
+        .send()
+        .map_err(|e| format!("{what}: {e}"))?;
+    let status = resp.status();
+    let bytes = resp.bytes().map_err(|e| format!("{what}: reading: {e}"))?;
+    if !status.is_success() {
+        return Err(format!(
+            "{what}: {status}: {}",
+            String::from_utf8_lossy(&bytes)
+        ));
+    }
+    let (mut out, mut exit) = (Vec::new(), None);
+    let mut rest = &bytes[..];
+    while rest.len() >= 5 {
+        let flags = rest[0];
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        let Some(payload) = rest.get(5..5 + len) else {
+            break;
+        };
+        rest = &rest[5 + len..];
+        let message: serde_json::Value = serde_json::from_slice(payload)
+            .map_err(|e| format!("{what}: a message that is not JSON: {e}"))?;
+        if flags & 2 != 0 {
+            if message.get("error").is_some() {
+                return Err(format!("{what} ended with {message}"));
+            }
+            continue;
+        }
+        let event = &message["event"];
+        if let Some(chunk) = event["data"]["stdout"].as_str() {
+            let chunk = base64::engine::general_purpose::STANDARD
+                .decode(chunk)
+                .map_err(|e| format!("{what}: stdout {chunk:?} is not base64: {e}"))?;
+            out.extend(chunk);
+        }
+        if let Some(end) = event.get("end") {
+            exit = Some(end["exitCode"].as_i64().unwrap_or(0));
+        }
+    }
+    let exit =
+        exit.ok_or_else(|| format!("{what} did not end: {}", String::from_utf8_lossy(&bytes)))?;
+    let out = String::from_utf8(out).map_err(|e| format!("{what}: stdout: {e}"))?;
+    Ok((out, exit))
 }
 
 pub fn http_client() -> reqwest::blocking::Client {

@@ -32,13 +32,11 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::super::{Server, http_client, require_root, run as must_run, tail};
+use super::super::{Server, http_client, require_root, run as must_run, run_in_sandbox, tail};
 use super::{Args, Percentiles, Table, fmt_duration, fmt_ratio, poll, ratio, tool};
 
 /// The first command, in Bora and in the peer.
 const COMMAND: &str = "echo hello";
-/// `hello\n`, base64: what envd streams as the command's stdout.
-const HELLO_B64: &str = "aGVsbG8K";
 
 #[derive(Clone, Debug)]
 pub struct SandboxParams {
@@ -309,63 +307,9 @@ impl<'s> Bora<'s> {
     /// Runs [`COMMAND`] in the sandbox through the router, as the E2B SDK
     /// does, and checks it printed `hello` and exited 0.
     fn first_command(&self, id: &str, token: &str) -> Result<(), String> {
-        let message = serde_json::json!({
-            "process": { "cmd": "/bin/bash", "args": ["-l", "-c", COMMAND] }
-        })
-        .to_string();
-        let mut body = vec![0u8];
-        body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-        body.extend_from_slice(message.as_bytes());
-        let resp = self
-            .client
-            .post(format!("http://{}/process.Process/Start", self.server.http))
-            .header("Content-Type", "application/connect+json")
-            .header("Connect-Protocol-Version", "1")
-            .header("E2b-Sandbox-Id", id)
-            .header("X-Access-Token", token)
-            .body(body)
-            .send()
-            .map_err(|e| format!("process.Start in {id}: {e}"))?;
-        let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .map_err(|e| format!("process.Start in {id}: reading: {e}"))?;
-        if !status.is_success() {
-            return Err(format!(
-                "process.Start in {id}: {status}: {}",
-                String::from_utf8_lossy(&bytes)
-            ));
-        }
-        let (mut hello, mut exit) = (false, None);
-        let mut rest = &bytes[..];
-        while rest.len() >= 5 {
-            let flags = rest[0];
-            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
-            let Some(payload) = rest.get(5..5 + len) else {
-                break;
-            };
-            rest = &rest[5 + len..];
-            let message: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
-            if flags & 2 != 0 {
-                if message.get("error").is_some() {
-                    return Err(format!("process.Start in {id} ended with {message}"));
-                }
-                continue;
-            }
-            let event = &message["event"];
-            if event["data"]["stdout"] == HELLO_B64 {
-                hello = true;
-            }
-            if let Some(end) = event.get("end") {
-                exit = Some(end["exitCode"].as_i64().unwrap_or(0));
-            }
-        }
-        match (hello, exit) {
-            (true, Some(0)) => Ok(()),
-            _ => Err(format!(
-                "{COMMAND:?} in {id}: stdout hello {hello}, exit {exit:?}: {}",
-                String::from_utf8_lossy(&bytes)
-            )),
+        match run_in_sandbox(&self.client, self.server.http, id, token, COMMAND)? {
+            (out, 0) if out == "hello\n" => Ok(()),
+            (out, exit) => Err(format!("{COMMAND:?} in {id}: stdout {out:?}, exit {exit}")),
         }
     }
 
@@ -390,20 +334,6 @@ impl<'s> Bora<'s> {
         Ok((id, start.elapsed()))
     }
 
-    /// A metric's value from `/metrics` (0 when absent).
-    fn metric(&self, name_and_labels: &str) -> f64 {
-        let text = self
-            .client
-            .get(format!("http://{}/metrics", self.server.api))
-            .bearer_auth(&self.token)
-            .send()
-            .and_then(|r| r.text())
-            .unwrap_or_default();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
-            .unwrap_or(0.0)
-    }
-
     /// `params.sandboxes` timed samples, one at a time; with `pool`, each
     /// waits for the pool to hold that many warm sandboxes first and must
     /// be served from it.
@@ -421,13 +351,13 @@ impl<'s> Bora<'s> {
         let from_pool = "bora_sandboxes_created_total{source=\"pool\"}";
         (0..params.sandboxes)
             .map(|i| {
-                let pooled_before = self.metric(from_pool);
+                let pooled_before = self.server.metric(from_pool);
                 if let Some(size) = pool {
                     let full = poll(
                         "the sandbox pool to fill",
                         Duration::from_millis(20),
                         params.timeout,
-                        || (self.metric(&ready) >= size as f64).then_some(()),
+                        || (self.server.metric(&ready) >= size as f64).then_some(()),
                     );
                     if let Err(e) = full {
                         self.fail(e);
@@ -436,7 +366,7 @@ impl<'s> Bora<'s> {
                 let (id, took) = self
                     .create_and_run(isolation)
                     .unwrap_or_else(|e| self.fail(e));
-                if pool.is_some() && self.metric(from_pool) <= pooled_before {
+                if pool.is_some() && self.server.metric(from_pool) <= pooled_before {
                     self.fail(format!("sandbox {id} did not come from the pool"));
                 }
                 eprintln!(
