@@ -347,11 +347,7 @@ impl Controller {
             .pull(&reference, &opts, &|_| {})
             .await
             .map_err(|e| {
-                let hint = if reference.starts_with("bora.local/templates/") {
-                    format!("; build it with `bora templates build-{template}`")
-                } else {
-                    String::new()
-                };
+                let hint = template_hint(template);
                 ControlError::Invalid(format!("template {template:?}: {e}{hint}"))
             })
     }
@@ -561,6 +557,20 @@ impl Controller {
     }
 }
 
+/// What to do about a template that is not there, for its error.
+fn template_hint(template: &str) -> String {
+    if template == DEFAULT_TEMPLATE {
+        "; build it with `bora templates build-base`".to_string()
+    } else if template_reference(template).starts_with("bora.local/templates/") {
+        format!(
+            "; `base` is the one template Bora builds (`bora templates build-base`): for \
+             {template:?}, push an image to a registry and pass its reference as the template"
+        )
+    } else {
+        String::new()
+    }
+}
+
 /// What the node needs to start a sandbox.
 fn sandbox_spec(
     id: &str,
@@ -655,6 +665,18 @@ mod tests {
             template_reference("127.0.0.1:5000/tpl/python:1"),
             "127.0.0.1:5000/tpl/python:1"
         );
+    }
+
+    #[test]
+    fn a_missing_template_says_what_to_do_and_names_only_real_commands() {
+        assert_eq!(
+            template_hint("base"),
+            "; build it with `bora templates build-base`"
+        );
+        let python = template_hint("python");
+        assert!(python.contains("push an image"), "{python}");
+        assert!(!python.contains("build-python"), "{python}");
+        assert_eq!(template_hint("127.0.0.1:5000/tpl/python:1"), "");
     }
 
     #[test]
