@@ -223,42 +223,76 @@ impl BertEmbedder {
 
     /// The normalised embedding of already-tokenized input.
     pub fn embed_ids(&self, ids: &[u32]) -> Result<Vec<f32>> {
-        let t = ids.len();
-        if t == 0 || t > self.max_tokens() {
-            return Err(EngineError::invalid(
-                "input",
-                format!(
-                    "input is {t} tokens; this embedding model takes 1 to {} tokens",
-                    self.max_tokens()
-                ),
-            ));
+        Ok(self
+            .embed_batch(&[ids.to_vec()])?
+            .pop()
+            .expect("one input, one embedding"))
+    }
+
+    /// The normalised embeddings of several tokenized inputs, computed as
+    /// one batch: inputs are padded to the longest, padded positions are
+    /// masked out of attention and of the mean. An input of the wrong
+    /// length is an error naming its index (`input[i]`).
+    pub fn embed_batch(&self, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        for (i, ids) in inputs.iter().enumerate() {
+            let t = ids.len();
+            if t == 0 || t > self.max_tokens() {
+                let param = match inputs.len() {
+                    1 => "input".to_string(),
+                    _ => format!("input[{i}]"),
+                };
+                return Err(EngineError::invalid(
+                    &param,
+                    format!(
+                        "input is {t} tokens; this embedding model takes 1 to {} tokens",
+                        self.max_tokens()
+                    ),
+                ));
+            }
         }
+        let b = inputs.len();
+        let Some(t) = inputs.iter().map(Vec::len).max() else {
+            return Ok(Vec::new());
+        };
         let cfg = &self.config;
         let (nh, hd) = (
             cfg.num_attention_heads,
             cfg.hidden_size / cfg.num_attention_heads,
         );
-        let ids = Tensor::new(ids, &self.device)?;
+        let mut padded = Vec::with_capacity(b * t);
+        let mut keep = Vec::with_capacity(b * t);
+        for ids in inputs {
+            padded.extend_from_slice(ids);
+            padded.extend(std::iter::repeat_n(0, t - ids.len()));
+            keep.extend(std::iter::repeat_n(1f32, ids.len()));
+            keep.extend(std::iter::repeat_n(0f32, t - ids.len()));
+        }
+        let ids = Tensor::from_vec(padded, (b, t), &self.device)?;
+        // 1 for a real token, 0 for padding: `(b, t)`.
+        let keep = Tensor::from_vec(keep, (b, t), &self.device)?;
+        // Additive attention mask over keys, `(b, 1, 1, t)`.
+        let mask = ((keep.clone() - 1.0)? * 1e9)?.reshape((b, 1, 1, t))?;
         let x = self
             .word
-            .index_select(&ids, 0)?
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, cfg.hidden_size))?
             .broadcast_add(&self.position.narrow(0, 0, t)?)?
-            .broadcast_add(&self.token_type.narrow(0, 0, 1)?)?
-            .unsqueeze(0)?;
+            .broadcast_add(&self.token_type.narrow(0, 0, 1)?)?;
         let mut x = self.embed_norm.forward(&x)?;
         let heads = |y: Tensor| -> Result<Tensor> {
-            Ok(y.reshape((1, t, nh, hd))?.transpose(1, 2)?.contiguous()?)
+            Ok(y.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?)
         };
         let scale = 1.0 / (hd as f64).sqrt();
         for layer in &self.layers {
             let q = heads(layer.query.forward(&x)?)?;
             let k = heads(layer.key.forward(&x)?)?;
             let v = heads(layer.value.forward(&x)?)?;
-            let att = candle_nn::ops::softmax_last_dim(&(q.matmul(&k.t()?)? * scale)?)?;
+            let att = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
+            let att = candle_nn::ops::softmax_last_dim(&att)?;
             let ctx = att
                 .matmul(&v)?
                 .transpose(1, 2)?
-                .reshape((1, t, cfg.hidden_size))?;
+                .reshape((b, t, cfg.hidden_size))?;
             let a = layer
                 .attn_norm
                 .forward(&(layer.attn_out.forward(&ctx)? + &x)?)?;
@@ -270,14 +304,18 @@ impl BertEmbedder {
             };
             x = layer.out_norm.forward(&(layer.output.forward(&i)? + a)?)?;
         }
-        let pooled = x.mean(1)?;
+        // Mean over the real tokens only.
+        let lengths = keep.sum_keepdim(1)?; // (b, 1)
+        let pooled = x
+            .broadcast_mul(&keep.unsqueeze(2)?)?
+            .sum(1)?
+            .broadcast_div(&lengths)?;
         let norm = pooled
             .sqr()?
             .sum_keepdim(D::Minus1)?
             .sqrt()?
             .clamp(1e-12, f64::MAX)?;
-        let v = pooled.broadcast_div(&norm)?.flatten_all()?;
-        Ok(v.to_vec1::<f32>()?)
+        Ok(pooled.broadcast_div(&norm)?.to_vec2::<f32>()?)
     }
 
     /// The normalised embedding of `text`.

@@ -44,6 +44,9 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` or the context window was reached.
     Length,
+    /// The output is a call of one of the request's tools (set by the API
+    /// layer, which parses the call out of the generated text).
+    ToolCalls,
 }
 
 /// What to generate.
@@ -90,47 +93,87 @@ pub enum Flow {
     Cancel,
 }
 
-/// Generates text for `params`, calling `on_text` with each new piece of
-/// text as soon as it is final, and the log-probabilities (when asked for)
-/// of the tokens sampled since the previous call. A last call may carry
-/// log-probabilities with empty text. Returns early, with what it has, when
-/// `on_text` says [`Flow::Cancel`].
-pub fn generate<M: LanguageModel>(
-    model: &M,
-    tokenizer: &TextTokenizer,
-    context_length: usize,
-    params: GenerateParams,
-    mut on_text: impl FnMut(&str, &[TokenLogprob]) -> Flow,
-) -> Result<Generation> {
-    let prompt_tokens = params.prompt_ids.len();
-    let mut cache = model.new_cache();
-    let mut logits = model.forward(&params.prompt_ids, &mut cache)?;
-    let mut sampler = Sampler::new(params.sampling);
-    let mut stream = TextStream::default();
-    let mut stops = StopMatcher::new(params.stop);
-    let mut matcher = params.grammar.map(Matcher::new);
-    let mut text = String::new();
-    let mut token_ids = Vec::new();
-    let mut logprobs: Vec<TokenLogprob> = Vec::new();
-    // Log-probabilities not yet passed to `on_text`, from `logprobs[sent..]`.
-    let mut sent = 0;
-    let mut emit =
-        |piece: String, text: &mut String, logprobs: &[TokenLogprob], sent: &mut usize| {
-            if piece.is_empty() && *sent == logprobs.len() {
-                return Flow::Continue;
-            }
-            text.push_str(&piece);
-            let new = &logprobs[*sent..];
-            *sent = logprobs.len();
-            on_text(&piece, new)
-        };
-    let finish_reason = loop {
-        if token_ids.len() >= params.max_tokens || prompt_tokens + token_ids.len() >= context_length
-        {
-            break FinishReason::Length;
+/// What a [`Sequence`] wants after a step.
+#[derive(Debug)]
+pub enum Step {
+    /// Run this token through the model and call [`Sequence::step`] with
+    /// the logits that follow it.
+    Next(u32),
+    /// The sequence is finished.
+    Done(Generation),
+}
+
+/// One sequence's generation state between forward passes: sampling,
+/// constrained decoding, detokenization, stop strings and limits. A
+/// scheduler owns many and steps each with its own logits, in any
+/// interleaving; [`generate`] drives a single one.
+#[derive(Debug)]
+pub struct Sequence {
+    prompt_ids: Vec<u32>,
+    max_tokens: usize,
+    logprobs_k: Option<usize>,
+    sampler: Sampler,
+    stream: TextStream,
+    stops: StopMatcher,
+    matcher: Option<Matcher>,
+    text: String,
+    token_ids: Vec<u32>,
+    logprobs: Vec<TokenLogprob>,
+    /// Log-probabilities not yet passed on, from `logprobs[sent..]`.
+    sent: usize,
+}
+
+impl Sequence {
+    /// A sequence that has not run yet.
+    pub fn new(params: GenerateParams) -> Self {
+        Self {
+            prompt_ids: params.prompt_ids,
+            max_tokens: params.max_tokens,
+            logprobs_k: params.logprobs,
+            sampler: Sampler::new(params.sampling),
+            stream: TextStream::default(),
+            stops: StopMatcher::new(params.stop),
+            matcher: params.grammar.map(Matcher::new),
+            text: String::new(),
+            token_ids: Vec::new(),
+            logprobs: Vec::new(),
+            sent: 0,
         }
-        let raw = params.logprobs.map(|_| logits.clone());
-        if let Some(m) = &matcher
+    }
+
+    /// The prompt's token ids: what to run through the model first.
+    pub fn prompt_ids(&self) -> &[u32] {
+        &self.prompt_ids
+    }
+
+    /// Tokens the sequence may still add to its cache: its limit on
+    /// generated tokens, within the context window.
+    pub fn max_new_tokens(&self, context_length: usize) -> usize {
+        self.max_tokens
+            .min(context_length.saturating_sub(self.prompt_ids.len()))
+    }
+
+    /// Tokens sampled so far.
+    pub fn generated(&self) -> usize {
+        self.token_ids.len()
+    }
+
+    /// Takes the logits that follow the last token run (the prompt's, at
+    /// first), samples the next token and passes any text that became final
+    /// to `on_text` with the log-probabilities (when asked for) of the tokens
+    /// sampled since the previous call.
+    pub fn step(
+        &mut self,
+        mut logits: Vec<f32>,
+        tokenizer: &TextTokenizer,
+        context_length: usize,
+        on_text: &mut dyn FnMut(&str, &[TokenLogprob]) -> Flow,
+    ) -> Result<Step> {
+        if self.at_limit(context_length) {
+            return self.finish(FinishReason::Length, tokenizer, on_text);
+        }
+        let raw = self.logprobs_k.map(|_| logits.clone());
+        if let Some(m) = &self.matcher
             && !m.mask(&mut logits, tokenizer)
         {
             // A byte-level vocabulary has a token for every byte, so this
@@ -139,63 +182,114 @@ pub fn generate<M: LanguageModel>(
                 "no token of the vocabulary can continue the JSON output".into(),
             ));
         }
-        let id = sampler.sample(&mut logits);
-        if let Some(m) = &mut matcher
+        let id = self.sampler.sample(&mut logits);
+        if let Some(m) = &mut self.matcher
             && !tokenizer.is_end_of_generation(id)
         {
             // `mask` left only tokens the automaton accepts.
             m.advance(tokenizer.token_bytes(id));
         }
-        token_ids.push(id);
+        self.token_ids.push(id);
         if tokenizer.is_end_of_generation(id) {
-            break FinishReason::Stop;
+            return self.finish(FinishReason::Stop, tokenizer, on_text);
         }
-        if let (Some(k), Some(raw)) = (params.logprobs, raw) {
-            logprobs.push(token_logprob(&raw, id, k));
+        if let (Some(k), Some(raw)) = (self.logprobs_k, raw) {
+            self.logprobs.push(token_logprob(&raw, id, k));
         }
-        if let Some(delta) = stream.push(tokenizer, id)? {
-            match stops.push(&delta) {
+        if let Some(delta) = self.stream.push(tokenizer, id)? {
+            match self.stops.push(&delta) {
                 StopOutcome::Continue(piece) => {
-                    if emit(piece, &mut text, &logprobs, &mut sent) == Flow::Cancel {
-                        break FinishReason::Stop;
+                    if self.emit(piece, on_text) == Flow::Cancel {
+                        return self.finish(FinishReason::Stop, tokenizer, on_text);
                     }
                 }
                 StopOutcome::Stopped(piece) => {
-                    emit(piece, &mut text, &logprobs, &mut sent);
-                    return Ok(Generation {
-                        text,
-                        completion_tokens: token_ids.len(),
-                        token_ids,
-                        finish_reason: FinishReason::Stop,
-                        prompt_tokens,
-                        logprobs,
-                    });
+                    self.emit(piece, on_text);
+                    return Ok(Step::Done(self.generation(FinishReason::Stop)));
                 }
             }
         }
-        if token_ids.len() >= params.max_tokens {
-            continue; // the check at the top ends it without another forward pass
+        if self.at_limit(context_length) {
+            // Ends without another forward pass.
+            return self.finish(FinishReason::Length, tokenizer, on_text);
         }
-        logits = model.forward(&[id], &mut cache)?;
-    };
-    // Flush text held back for UTF-8 completion or a possible stop string.
-    if let Some(rest) = stream.flush(tokenizer)? {
-        match stops.push(&rest) {
-            StopOutcome::Continue(piece) | StopOutcome::Stopped(piece) => {
-                emit(piece, &mut text, &logprobs, &mut sent);
+        Ok(Step::Next(id))
+    }
+
+    fn at_limit(&self, context_length: usize) -> bool {
+        self.token_ids.len() >= self.max_tokens
+            || self.prompt_ids.len() + self.token_ids.len() >= context_length
+    }
+
+    /// Passes `piece` and the pending log-probabilities on, unless both are
+    /// empty.
+    fn emit(
+        &mut self,
+        piece: String,
+        on_text: &mut dyn FnMut(&str, &[TokenLogprob]) -> Flow,
+    ) -> Flow {
+        if piece.is_empty() && self.sent == self.logprobs.len() {
+            return Flow::Continue;
+        }
+        self.text.push_str(&piece);
+        let new = &self.logprobs[self.sent..];
+        self.sent = self.logprobs.len();
+        on_text(&piece, new)
+    }
+
+    /// Flushes text held back for UTF-8 completion or a possible stop
+    /// string, and ends.
+    fn finish(
+        &mut self,
+        reason: FinishReason,
+        tokenizer: &TextTokenizer,
+        on_text: &mut dyn FnMut(&str, &[TokenLogprob]) -> Flow,
+    ) -> Result<Step> {
+        if let Some(rest) = self.stream.flush(tokenizer)? {
+            match self.stops.push(&rest) {
+                StopOutcome::Continue(piece) | StopOutcome::Stopped(piece) => {
+                    self.emit(piece, on_text);
+                }
             }
         }
+        let rest = self.stops.finish();
+        self.emit(rest, on_text);
+        Ok(Step::Done(self.generation(reason)))
     }
-    let rest = stops.finish();
-    emit(rest, &mut text, &logprobs, &mut sent);
-    Ok(Generation {
-        text,
-        completion_tokens: token_ids.len(),
-        token_ids,
-        finish_reason,
-        prompt_tokens,
-        logprobs,
-    })
+
+    fn generation(&mut self, finish_reason: FinishReason) -> Generation {
+        Generation {
+            text: std::mem::take(&mut self.text),
+            completion_tokens: self.token_ids.len(),
+            token_ids: std::mem::take(&mut self.token_ids),
+            finish_reason,
+            prompt_tokens: self.prompt_ids.len(),
+            logprobs: std::mem::take(&mut self.logprobs),
+        }
+    }
+}
+
+/// Generates text for `params` on its own, calling `on_text` with each new
+/// piece of text as soon as it is final, and the log-probabilities (when
+/// asked for) of the tokens sampled since the previous call. A last call may
+/// carry log-probabilities with empty text. Returns early, with what it has,
+/// when `on_text` says [`Flow::Cancel`].
+pub fn generate<M: LanguageModel>(
+    model: &M,
+    tokenizer: &TextTokenizer,
+    context_length: usize,
+    params: GenerateParams,
+    mut on_text: impl FnMut(&str, &[TokenLogprob]) -> Flow,
+) -> Result<Generation> {
+    let mut sequence = Sequence::new(params);
+    let mut cache = model.new_cache();
+    let mut logits = model.forward(sequence.prompt_ids(), &mut cache)?;
+    loop {
+        match sequence.step(logits, tokenizer, context_length, &mut on_text)? {
+            Step::Next(id) => logits = model.forward(&[id], &mut cache)?,
+            Step::Done(generation) => return Ok(generation),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Constrained decoding for `response_format` `json_object` and
-//! `json_schema`: a byte-level pushdown automaton for JSON (optionally shaped
+//! `json_schema`, and for forced tool calls: a byte-level pushdown automaton for JSON (optionally shaped
 //! by a schema) that masks, at each step, every token whose bytes would make
 //! the output invalid.
 //!
@@ -12,6 +12,10 @@
 //!   properties are produced in schema order; optional ones may be left
 //!   out; no others are allowed (`additionalProperties` is false whatever
 //!   `strict` says).
+//! - `anyOf`: a value of any alternative. The matcher follows every
+//!   alternative that still accepts the output (at most [`MAX_READINGS`]
+//!   readings at once), so alternatives may share a prefix: tool calls are
+//!   an `anyOf` of objects that differ from their `name` on.
 //! - Numbers have at most [`MAX_NUMBER_LEN`] characters and two exponent
 //!   digits; integers at most [`MAX_INTEGER_LEN`] characters.
 //! - Strings are valid UTF-8 (overlong forms and surrogates are refused)
@@ -50,6 +54,9 @@ pub const MAX_INTEGER_LEN: usize = 18;
 pub const SCAN_FIRST: usize = 256;
 /// Valid tokens kept from the first scan.
 pub const CANDIDATES: usize = 64;
+/// Most ways of reading the output kept at once while `anyOf` alternatives
+/// are undecided (beyond that, the later alternatives are dropped).
+pub const MAX_READINGS: usize = 64;
 
 type NodeId = usize;
 
@@ -134,6 +141,32 @@ impl Json {
                 [b"{".to_vec(), parts.join(&b","[..]), b"}".to_vec()].concat()
             }
             other => serde_json::to_vec(&other.to_value()).unwrap_or_default(),
+        }
+    }
+}
+
+impl serde::Serialize for Json {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match self {
+            Self::Null => s.serialize_unit(),
+            Self::Bool(b) => s.serialize_bool(*b),
+            Self::Number(n) => n.serialize(s),
+            Self::String(text) => s.serialize_str(text),
+            Self::Array(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(item)?;
+                }
+                seq.end()
+            }
+            Self::Object(entries) => {
+                let mut map = s.serialize_map(Some(entries.len()))?;
+                for (k, v) in entries {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
+            }
         }
     }
 }
@@ -228,6 +261,9 @@ enum Node {
     Number { integer: bool },
     /// One of these exact JSON texts (enum, const, boolean, null).
     Literal(Vec<Vec<u8>>),
+    /// A value of any of these nodes (`anyOf`): the matcher follows every
+    /// alternative that still accepts the output.
+    AnyOf(Vec<NodeId>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -285,8 +321,9 @@ impl Grammar {
     /// Compiles a JSON schema. Supported: `type` (one of object, string,
     /// number, integer, boolean, null, array), `properties`, `required`,
     /// `additionalProperties: false`, `items`, `minItems`, `maxItems`,
-    /// `minLength`, `maxLength`, `enum`, `const`, and the annotations
-    /// `title`, `description`, `$schema`, `$id`, `examples`, `default`.
+    /// `minLength`, `maxLength`, `enum`, `const`, `anyOf` (with nothing but
+    /// annotations beside it), and the annotations `title`, `description`,
+    /// `$schema`, `$id`, `examples`, `default`.
     /// An empty schema allows any value. Anything else fails with the path
     /// of the keyword (`path` is the path of `schema` itself).
     pub fn from_schema(schema: &Json, path: &str) -> Result<Self> {
@@ -329,13 +366,14 @@ impl Grammar {
             "$id",
             "examples",
             "default",
+            "anyOf",
         ];
         let obj = schema;
         let has = |key: &str| obj.get(key).is_some();
         if let Some((key, _)) = entries.iter().find(|(k, _)| !KNOWN.contains(&k.as_str())) {
             return Err(unsupported(
                 key,
-                " (supported: type, properties, required, additionalProperties: false, items, minItems, maxItems, minLength, maxLength, enum, const)",
+                " (supported: type, properties, required, additionalProperties: false, items, minItems, maxItems, minLength, maxLength, enum, const, anyOf)",
             ));
         }
         let count = |key: &str| -> Result<Option<usize>> {
@@ -347,6 +385,9 @@ impl Grammar {
                 }),
             }
         };
+        if let Some(alts) = obj.get("anyOf") {
+            return self.compile_any_of(entries, alts, path);
+        }
         if has("enum") || has("const") {
             let values: Vec<&Json> = match (obj.get("enum"), obj.get("const")) {
                 (Some(_), Some(_)) => return Err(unsupported("const", " together with enum")),
@@ -477,6 +518,52 @@ impl Grammar {
         };
         Ok(self.add(node))
     }
+
+    /// `anyOf`: only annotations may stand next to it (no `type` or other
+    /// constraints to intersect with the alternatives).
+    fn compile_any_of(
+        &mut self,
+        entries: &[(String, Json)],
+        alts: &Json,
+        path: &str,
+    ) -> Result<NodeId> {
+        const BESIDE: &[&str] = &[
+            "anyOf",
+            "title",
+            "description",
+            "$schema",
+            "$id",
+            "examples",
+            "default",
+        ];
+        if let Some((key, _)) = entries.iter().find(|(k, _)| !BESIDE.contains(&k.as_str())) {
+            let at = format!("{path}.{key}");
+            return Err(EngineError::invalid(
+                &at,
+                format!(
+                    "{at} is not supported together with anyOf (move it into each alternative)"
+                ),
+            ));
+        }
+        let at = format!("{path}.anyOf");
+        let alts = match alts {
+            Json::Array(alts) if !alts.is_empty() => alts,
+            _ => {
+                return Err(EngineError::invalid(
+                    &at,
+                    format!("{at} must be a non-empty array of schemas"),
+                ));
+            }
+        };
+        let mut nodes = Vec::with_capacity(alts.len());
+        for (i, alt) in alts.iter().enumerate() {
+            nodes.push(self.compile(alt, &format!("{at}[{i}]"))?);
+        }
+        Ok(match nodes.as_slice() {
+            [one] => *one,
+            _ => self.add(Node::AnyOf(nodes)),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -591,7 +678,20 @@ enum Step {
 #[derive(Debug, Clone)]
 pub struct Matcher {
     grammar: Arc<Grammar>,
-    stack: Vec<Frame>,
+    /// One parse stack per way of reading the output so far: a single one,
+    /// except while an `anyOf` has not yet been decided.
+    stacks: Vec<Vec<Frame>>,
+}
+
+/// What feeding a byte to one parse stack did.
+enum Fed {
+    /// The byte was accepted.
+    Yes,
+    /// The byte is not allowed.
+    No,
+    /// The top frame expects a value of an `anyOf`: the byte goes to each
+    /// alternative in a copy of the stack.
+    Fork(Vec<NodeId>),
 }
 
 impl Matcher {
@@ -600,14 +700,14 @@ impl Matcher {
         let root = grammar.root;
         Self {
             grammar,
-            stack: vec![Frame::Value(root)],
+            stacks: vec![vec![Frame::Value(root)]],
         }
     }
 
     /// Whether the output so far is one complete value (so generation may
     /// end here).
     pub fn is_complete(&self) -> bool {
-        match self.stack.as_slice() {
+        self.stacks.iter().any(|stack| match stack.as_slice() {
             [] => true,
             [Frame::Number { state, .. }] => state.complete(),
             [
@@ -618,7 +718,7 @@ impl Matcher {
                 },
             ] => self.literal_complete(*node, candidates, *pos),
             _ => false,
-        }
+        })
     }
 
     fn literal_complete(&self, node: NodeId, candidates: &[usize], pos: usize) -> bool {
@@ -640,36 +740,29 @@ impl Matcher {
     }
 
     fn feed(&mut self, b: u8) -> bool {
-        loop {
-            let Some(top) = self.stack.last_mut() else {
-                return false;
-            };
-            match step(&self.grammar, top, b) {
-                Step::Consumed => return true,
-                Step::Done => {
-                    self.stack.pop();
-                    return true;
+        let mut todo: std::collections::VecDeque<Vec<Frame>> =
+            std::mem::take(&mut self.stacks).into();
+        while let Some(mut stack) = todo.pop_front() {
+            match feed_stack(&self.grammar, &mut stack, b) {
+                // Readings that have converged are kept once; past the
+                // limit, the later alternatives are dropped.
+                Fed::Yes if !self.stacks.contains(&stack) && self.stacks.len() < MAX_READINGS => {
+                    self.stacks.push(stack);
                 }
-                Step::Pass => {
-                    self.stack.pop();
+                Fed::Yes | Fed::No => {}
+                Fed::Fork(alts) => {
+                    // In schema order, before the readings not yet fed.
+                    for alt in alts.into_iter().rev() {
+                        let mut copy = stack.clone();
+                        if let Some(top) = copy.last_mut() {
+                            *top = Frame::Value(alt);
+                        }
+                        todo.push_front(copy);
+                    }
                 }
-                Step::Become(frame) => *top = frame,
-                Step::Opened(frame) => {
-                    *top = frame;
-                    return true;
-                }
-                Step::Push(frame) | Step::PushAfter(frame) if self.stack.len() >= 2 * MAX_DEPTH => {
-                    let _ = frame;
-                    return false;
-                }
-                Step::Push(frame) => self.stack.push(frame),
-                Step::PushAfter(frame) => {
-                    self.stack.push(frame);
-                    return true;
-                }
-                Step::Reject => return false,
             }
         }
+        !self.stacks.is_empty()
     }
 
     /// Masks (sets to -inf) the logits of every token that may not come
@@ -717,6 +810,44 @@ impl Matcher {
         }
         logits.copy_from_slice(&kept);
         !keep.is_empty()
+    }
+}
+
+/// Feeds `b` to one parse stack.
+fn feed_stack(g: &Grammar, stack: &mut Vec<Frame>, b: u8) -> Fed {
+    loop {
+        let Some(top) = stack.last_mut() else {
+            return Fed::No;
+        };
+        if let Frame::Value(node) = top
+            && let Node::AnyOf(alts) = &g.nodes[*node]
+        {
+            return Fed::Fork(alts.clone());
+        }
+        match step(g, top, b) {
+            Step::Consumed => return Fed::Yes,
+            Step::Done => {
+                stack.pop();
+                return Fed::Yes;
+            }
+            Step::Pass => {
+                stack.pop();
+            }
+            Step::Become(frame) => *top = frame,
+            Step::Opened(frame) => {
+                *top = frame;
+                return Fed::Yes;
+            }
+            Step::Push(_) | Step::PushAfter(_) if stack.len() >= 2 * MAX_DEPTH => {
+                return Fed::No;
+            }
+            Step::Push(frame) => stack.push(frame),
+            Step::PushAfter(frame) => {
+                stack.push(frame);
+                return Fed::Yes;
+            }
+            Step::Reject => return Fed::No,
+        }
     }
 }
 
@@ -1059,6 +1190,73 @@ mod tests {
         "additionalProperties": false
     }"#;
 
+    /// Tool calls: alternatives that share a prefix and differ from the
+    /// `name` on, one with an array of `anyOf` items.
+    const CALLS: &str = r#"{"anyOf": [
+        {"type": "object", "properties": {
+            "name": {"const": "get_weather"},
+            "arguments": {"type": "object", "properties": {
+                "city": {"type": "string", "maxLength": 8},
+                "unit": {"enum": ["celsius", "fahrenheit"]}
+            }, "required": ["city"]}
+        }, "required": ["name", "arguments"]},
+        {"type": "object", "properties": {
+            "name": {"const": "get_time"},
+            "arguments": {"type": "object", "properties": {
+                "zones": {"type": "array", "maxItems": 3, "items": {"anyOf": [
+                    {"type": "string", "maxLength": 3}, {"type": "integer"}, {"type": "null"}
+                ]}}
+            }}
+        }, "required": ["name", "arguments"]}
+    ]}"#;
+
+    #[test]
+    fn any_of_follows_every_alternative() {
+        let m = matcher(Some(CALLS));
+        for text in [
+            r#"{"name":"get_weather","arguments":{"city":"Paris"}}"#,
+            r#"{"name":"get_weather","arguments":{"city":"Oslo","unit":"celsius"}}"#,
+            r#"{"name":"get_time","arguments":{}}"#,
+            r#"{"name":"get_time","arguments":{"zones":["UTC",-5,null]}}"#,
+        ] {
+            assert_eq!(run(&m, text), (true, true), "{text}");
+        }
+        for text in [
+            r#"{"name":"get_stock""#,
+            r#"{"name":"get_time","arguments":{"city""#,
+            r#"{"name":"get_weather","arguments":{}}"#,
+            r#"{"name":"get_time","arguments":{"zones":["CEST"]"#,
+            r#"{"name":"get_time","arguments":{"zones":[1.5]"#,
+            r#"{"name":"get_time","arguments":{"zones":[1,2,3,4]"#,
+        ] {
+            assert!(!run(&m, text).0, "{text}");
+        }
+        // Overlapping alternatives: both readings live until one ends.
+        let m = matcher(Some(
+            r#"{"anyOf": [{"type": "string", "maxLength": 2}, {"const": "abc"}, {"type": "integer"}]}"#,
+        ));
+        assert_eq!(run(&m, r#""ab""#), (true, true));
+        assert_eq!(run(&m, r#""abc""#), (true, true));
+        assert_eq!(run(&m, "12"), (true, true));
+        assert!(!run(&m, r#""abd"#).0);
+        assert!(!run(&m, "true").0);
+        // Readings that converge are kept once.
+        let mut m = matcher(Some(
+            r#"{"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "string", "maxLength": 3}]}}"#,
+        ));
+        assert!(m.advance(b"[\"ab"));
+        assert_eq!(m.stacks.len(), 2);
+        assert!(m.advance(b"\","));
+        assert_eq!(m.stacks.len(), 1);
+    }
+
+    #[test]
+    fn json_keeps_key_order_when_written() {
+        let text = r#"{"z":1,"a":[true,null,"x"],"m":{"b":2.5,"a":"y"}}"#;
+        let json: Json = serde_json::from_str(text).unwrap();
+        assert_eq!(serde_json::to_string(&json).unwrap(), text);
+    }
+
     #[test]
     fn json_object_accepts_valid_objects() {
         let m = matcher(None);
@@ -1153,6 +1351,15 @@ mod tests {
             ),
             (json!({"type": ["string", "null"]}), "schema.type"),
             (json!({"anyOf": []}), "schema.anyOf"),
+            (json!({"anyOf": {}}), "schema.anyOf"),
+            (
+                json!({"type": "string", "anyOf": [{"type": "string"}]}),
+                "schema.type",
+            ),
+            (
+                json!({"anyOf": [{"type": "string"}, {"type": "date"}]}),
+                "schema.anyOf[1].type",
+            ),
             (
                 json!({"type": "object", "additionalProperties": true}),
                 "schema.additionalProperties",
@@ -1175,6 +1382,9 @@ mod tests {
 
     /// A small validator for the supported subset.
     fn valid(schema: &Value, v: &Value) -> bool {
+        if let Some(alts) = schema.get("anyOf") {
+            return alts.as_array().unwrap().iter().any(|s| valid(s, v));
+        }
         if let Some(alts) = schema.get("enum") {
             return alts.as_array().unwrap().contains(v);
         }
@@ -1257,8 +1467,13 @@ mod tests {
             choices in proptest::collection::vec(any::<u16>(), 400),
             patience in 0usize..60,
         ) {
-            let schema: Value = serde_json::from_str(PERSON).unwrap();
-            for (m, schema) in [(matcher(Some(PERSON)), Some(&schema)), (matcher(None), None)] {
+            let person: Value = serde_json::from_str(PERSON).unwrap();
+            let calls: Value = serde_json::from_str(CALLS).unwrap();
+            for (m, schema) in [
+                (matcher(Some(PERSON)), Some(&person)),
+                (matcher(Some(CALLS)), Some(&calls)),
+                (matcher(None), None),
+            ] {
                 let (bytes, complete) = walk(&m, &choices, patience);
                 prop_assert!(complete, "did not finish: {:?}", String::from_utf8_lossy(&bytes));
                 let value: Value = serde_json::from_slice(&bytes)

@@ -1,12 +1,15 @@
 //! Bora's built-in LLM inference engine and its OpenAI-compatible server.
 //!
 //! Pipeline: [`gguf`] reads and validates a model file → [`llama`] holds the
-//! weights and runs forward passes against a per-sequence KV cache →
-//! [`generate`] drives one sequence ([`sampling`], [`stop`],
+//! weights and runs batched forward passes, each sequence against its own
+//! KV cache → [`generate`] steps one sequence ([`sampling`], [`stop`],
 //! [`tokenizer::TextStream`], [`logprobs`], and [`json_grammar`] masking the
-//! logits for `response_format`) → [`engine`] owns the model on a worker thread
-//! behind a request queue → [`server`] speaks the OpenAI HTTP API ([`api`]
-//! holds its bodies and validation). [`bert`] computes embeddings.
+//! logits for `response_format` and forced tool calls) → [`engine`] owns the
+//! model on a scheduler thread that batches requests continuously, reusing
+//! shared prompt prefixes ([`prefix_cache`]) and recording [`metrics`] →
+//! [`server`] speaks the OpenAI HTTP API ([`api`] holds its bodies and
+//! validation, [`template`] the chat templates). [`bert`] computes
+//! embeddings.
 //!
 //! # Why candle, and not mistral.rs
 //!
@@ -38,13 +41,15 @@ pub mod gguf;
 pub mod json_grammar;
 pub mod llama;
 pub mod logprobs;
+pub mod metrics;
+pub mod prefix_cache;
 pub mod sampling;
 pub mod server;
 pub mod stop;
 pub mod template;
 pub mod tokenizer;
 
-pub use engine::{Engine, TextModel, default_device};
+pub use engine::{Engine, EngineConfig, TextModel, default_device};
 pub use error::{EngineError, Result};
 pub use llama::WeightPrecision;
 pub use server::{ServeOptions, Server, serve};

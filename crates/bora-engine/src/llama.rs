@@ -10,7 +10,7 @@
 //! falls back to the token embedding when the file has no `output.weight`
 //! (tied embeddings).
 
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 use crate::error::Result;
@@ -50,10 +50,18 @@ impl std::fmt::Debug for Llama {
 }
 
 /// The attention keys and values of one sequence, per block.
+///
+/// Each block's keys and values live in a buffer of shape
+/// `(capacity, kv_heads, head_dim)` that grows by doubling; positions
+/// `0..len` are valid. A cache made by [`KvCache::share_prefix`] shares its
+/// buffers with another cache read-only: its first append copies them (and
+/// the owner only ever writes past the shared prefix), so a prefix-cache
+/// entry and the sequences started from it never disturb each other.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     len: usize,
+    shared: bool,
 }
 
 impl KvCache {
@@ -66,6 +74,82 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// Bytes held by the buffers (their capacity, not just `len`).
+    pub fn capacity_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
+            .sum()
+    }
+
+    /// A cache holding the first `len` positions of this one, sharing its
+    /// buffers without copying them.
+    pub fn share_prefix(&self, len: usize) -> KvCache {
+        KvCache {
+            layers: self.layers.clone(),
+            len: len.min(self.len),
+            shared: true,
+        }
+    }
+
+    /// Forgets every position from `len` on (used to undo a failed step).
+    fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Writes `k` and `v` (`(t, kv_heads, head_dim)`) of `layer` at
+    /// positions `len..len + t`, growing or unsharing the buffer as needed,
+    /// and returns the keys and values of positions `0..len + t`.
+    fn append(
+        &mut self,
+        layer: usize,
+        k: &Tensor,
+        v: &Tensor,
+        max_len: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let t = k.dim(0)?;
+        let needed = self.len + t;
+        let slot = &mut self.layers[layer];
+        let fits = matches!(slot, Some((kb, _)) if kb.dim(0)? >= needed);
+        if !fits || self.shared {
+            let capacity = needed.next_power_of_two().clamp(64, max_len.max(needed));
+            let (_, heads, dim) = k.dims3()?;
+            let kb = Tensor::zeros((capacity, heads, dim), k.dtype(), k.device())?;
+            let vb = Tensor::zeros((capacity, heads, dim), v.dtype(), v.device())?;
+            if let Some((old_k, old_v)) = slot.as_ref()
+                && self.len > 0
+            {
+                kb.slice_set(&old_k.narrow(0, 0, self.len)?.contiguous()?, 0, 0)?;
+                vb.slice_set(&old_v.narrow(0, 0, self.len)?.contiguous()?, 0, 0)?;
+            }
+            *slot = Some((kb, vb));
+        }
+        let (kb, vb) = slot.as_ref().expect("the buffer was just made");
+        kb.slice_set(&k.contiguous()?, 0, self.len)?;
+        vb.slice_set(&v.contiguous()?, 0, self.len)?;
+        Ok((kb.narrow(0, 0, needed)?, vb.narrow(0, 0, needed)?))
+    }
+
+    /// Marks every layer's new positions written, and the buffers owned
+    /// (each was copied on its first append).
+    fn commit(&mut self, t: usize) {
+        self.len += t;
+        self.shared = false;
+    }
+}
+
+/// One sequence's part of a batched forward pass.
+pub struct BatchItem<'a> {
+    /// The tokens to run, at the positions following what `cache` holds.
+    pub tokens: &'a [u32],
+    /// The sequence's cache; on success the tokens' keys and values are
+    /// appended, on failure it is left as it was.
+    pub cache: &'a mut KvCache,
+    /// Whether to compute the next-token logits after the last token (a
+    /// prompt chunk that is not the prompt's last needs none).
+    pub logits: bool,
 }
 
 fn dense(file: &mut GgufFile, name: &str, device: &Device) -> Result<Tensor> {
@@ -75,14 +159,23 @@ fn dense(file: &mut GgufFile, name: &str, device: &Device) -> Result<Tensor> {
 /// How matrix weights are held in memory.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum WeightPrecision {
-    /// As stored in the file (e.g. Q4_1): least memory; the matmuls quantize
-    /// activations to 8 bits, as llama.cpp does, so logits differ slightly
-    /// from a float reference.
+    /// As stored in the file (e.g. Q4_1), except block types candle has no
+    /// vectorised kernel for (Q4_1, Q5_0, Q5_1), which are converted to Q8_0:
+    /// little memory; the matmuls quantize activations to 8 bits, as
+    /// llama.cpp does, so logits differ slightly from a float reference.
     #[default]
     Quantized,
     /// Dequantized to `f32` at load: 4 bytes per weight, numerically closest
     /// to the reference implementation.
     F32,
+}
+
+/// Block types whose matrix products candle runs with scalar code only (no
+/// AVX/NEON kernel): converted to `Q8_0` at load, which has one. Its error
+/// is a fraction of the 4- and 5-bit types' own, and the products run
+/// several times faster.
+fn without_fast_kernel(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1)
 }
 
 fn qmatmul(
@@ -93,6 +186,9 @@ fn qmatmul(
 ) -> Result<QMatMul> {
     let t: QTensor = file.tensor(name, device)?;
     Ok(match precision {
+        WeightPrecision::Quantized if without_fast_kernel(t.dtype()) => {
+            QMatMul::from_qtensor(QTensor::quantize(&t.dequantize(device)?, GgmlDType::Q8_0)?)?
+        }
         WeightPrecision::Quantized => QMatMul::from_qtensor(t)?,
         WeightPrecision::F32 => QMatMul::Tensor(t.dequantize(device)?),
     })
@@ -156,90 +252,179 @@ impl Llama {
         KvCache {
             layers: vec![None; self.config.block_count],
             len: 0,
+            shared: false,
         }
+    }
+
+    /// Bytes of keys and values one position takes in a [`KvCache`].
+    pub fn kv_bytes_per_token(&self) -> usize {
+        let cfg = &self.config;
+        2 * cfg.block_count * cfg.head_count_kv * cfg.head_dim() * DType::F32.size_in_bytes()
     }
 
     /// Runs `tokens` at the positions following what `cache` holds, appends
     /// their keys and values to `cache`, and returns the logits (`f32`,
     /// vocabulary-sized) for the token after the last one.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
-        let cfg = &self.config;
-        let t = tokens.len();
-        let offset = cache.len;
-        if t == 0 {
-            return Err(candle_core::Error::Msg("forward called with no tokens".into()).into());
-        }
-        if offset + t > cfg.context_length {
-            return Err(candle_core::Error::Msg(format!(
-                "sequence of {} tokens exceeds the context length {}",
-                offset + t,
-                cfg.context_length
-            ))
-            .into());
-        }
-        if cache.layers.len() != cfg.block_count {
-            cache.layers = vec![None; cfg.block_count];
-        }
-        let ids = Tensor::new(tokens, &self.device)?;
-        let mut x = self.embedding.index_select(&ids, 0)?.unsqueeze(0)?;
-        let mask = causal_mask(t, offset, &self.device)?;
-        let cos = self.cos.narrow(0, offset, t)?;
-        let sin = self.sin.narrow(0, offset, t)?;
-        let (nh, nkv, hd) = (cfg.head_count, cfg.head_count_kv, cfg.head_dim());
-        let scale = 1.0 / (hd as f64).sqrt();
-        for (block, slot) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            let residual = &x;
-            let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, cfg.rms_norm_eps as f32)?;
-            let q = block
-                .wq
-                .forward(&h)?
-                .reshape((1, t, nh, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let k = block
-                .wk
-                .forward(&h)?
-                .reshape((1, t, nkv, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let v = block
-                .wv
-                .forward(&h)?
-                .reshape((1, t, nkv, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let q = candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?;
-            let k = candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?;
-            let (k, v) = match slot.take() {
-                None => (k, v),
-                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-            };
-            *slot = Some((k.clone(), v.clone()));
-            let k = repeat_kv(&k, nh / nkv)?;
-            let v = repeat_kv(&v, nh / nkv)?;
-            let mut att = (q.matmul(&k.t()?)? * scale)?;
-            if let Some(mask) = &mask {
-                att = att.broadcast_add(mask)?;
+        let mut batch = [BatchItem {
+            tokens,
+            cache,
+            logits: true,
+        }];
+        let mut out = self.forward_batch(&mut batch)?;
+        Ok(out.pop().flatten().expect("logits were asked for"))
+    }
+
+    /// One forward pass over several sequences at once: every item's tokens
+    /// go through the matrix multiplications together (one row each), and
+    /// attention runs per sequence against its own cache. Returns, per item,
+    /// the next-token logits when asked for. On error no cache has changed.
+    pub fn forward_batch(&self, batch: &mut [BatchItem<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
+        let before: Vec<usize> = batch.iter().map(|item| item.cache.len).collect();
+        let result = self.try_forward_batch(batch);
+        if result.is_err() {
+            for (item, len) in batch.iter_mut().zip(before) {
+                item.cache.truncate(len);
             }
-            let att = candle_nn::ops::softmax_last_dim(&att)?;
-            let y = att.matmul(&v)?.transpose(1, 2)?.reshape((1, t, nh * hd))?;
-            let y = block.wo.forward(&y)?;
-            let x1 = (residual + y)?;
-            let h = candle_nn::ops::rms_norm(&x1, &block.ffn_norm, cfg.rms_norm_eps as f32)?;
+        }
+        result
+    }
+
+    fn try_forward_batch(&self, batch: &mut [BatchItem<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
+        let cfg = &self.config;
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        for item in batch.iter_mut() {
+            let (t, offset) = (item.tokens.len(), item.cache.len);
+            if t == 0 {
+                return Err(candle_core::Error::Msg("forward called with no tokens".into()).into());
+            }
+            if offset + t > cfg.context_length {
+                return Err(candle_core::Error::Msg(format!(
+                    "sequence of {} tokens exceeds the context length {}",
+                    offset + t,
+                    cfg.context_length
+                ))
+                .into());
+            }
+            if item.cache.layers.len() != cfg.block_count {
+                *item.cache = self.new_cache();
+            }
+            ids.extend_from_slice(item.tokens);
+            positions.extend((offset..offset + t).map(|p| p as u32));
+        }
+        let total = ids.len();
+        let (nh, nkv, hd) = (cfg.head_count, cfg.head_count_kv, cfg.head_dim());
+        let eps = cfg.rms_norm_eps as f32;
+        let ids = Tensor::new(ids.as_slice(), &self.device)?;
+        let positions = Tensor::new(positions.as_slice(), &self.device)?;
+        // Every row gets the rotation of its own position: RoPE runs on
+        // `(rows, heads, 1, head_dim)` with per-row cos/sin `(rows, 1, head_dim / 2)`.
+        let cos = self.cos.index_select(&positions, 0)?.unsqueeze(1)?;
+        let sin = self.sin.index_select(&positions, 0)?.unsqueeze(1)?;
+        let masks = batch
+            .iter()
+            .map(|item| causal_mask(item.tokens.len(), item.cache.len, &self.device))
+            .collect::<Result<Vec<_>>>()?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut x = self.embedding.index_select(&ids, 0)?;
+        for (layer, block) in self.blocks.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, eps)?;
+            let q = block.wq.forward(&h)?.reshape((total, nh, 1, hd))?;
+            let q = (candle_nn::rotary_emb::rope_i(&q, &cos, &sin)? * scale)?
+                .reshape((total, nh, hd))?;
+            let k = block.wk.forward(&h)?.reshape((total, nkv, 1, hd))?;
+            let k = candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?.reshape((total, nkv, hd))?;
+            let v = block.wv.forward(&h)?.reshape((total, nkv, hd))?;
+            let mut outputs = Vec::with_capacity(batch.len());
+            let mut start = 0;
+            for (item, mask) in batch.iter_mut().zip(&masks) {
+                let t = item.tokens.len();
+                let (keys, values) = item.cache.append(
+                    layer,
+                    &k.narrow(0, start, t)?,
+                    &v.narrow(0, start, t)?,
+                    cfg.context_length,
+                )?;
+                let q = q.narrow(0, start, t)?;
+                outputs.push(attention(&q, &keys, &values, mask.as_ref(), nkv)?);
+                start += t;
+            }
+            let y = if outputs.len() == 1 {
+                outputs.pop().expect("one output")
+            } else {
+                Tensor::cat(&outputs, 0)?
+            };
+            let x1 = (&x + block.wo.forward(&y)?)?;
+            let h = candle_nn::ops::rms_norm(&x1, &block.ffn_norm, eps)?;
             let gate = candle_nn::ops::silu(&block.w_gate.forward(&h)?)?;
             let ff = block.w_down.forward(&(gate * block.w_up.forward(&h)?)?)?;
             x = (x1 + ff)?;
         }
-        cache.len = offset + t;
-        let last = x.narrow(1, t - 1, 1)?;
-        let last = candle_nn::ops::rms_norm(&last, &self.output_norm, cfg.rms_norm_eps as f32)?;
-        let logits = self
-            .output
-            .forward(&last)?
-            .flatten_all()?
-            .to_dtype(DType::F32)?;
-        Ok(logits.to_vec1::<f32>()?)
+        // Logits only for the last token of the items that want them.
+        let mut last_rows = Vec::new();
+        let mut end = 0;
+        for item in batch.iter() {
+            end += item.tokens.len();
+            if item.logits {
+                last_rows.push((end - 1) as u32);
+            }
+        }
+        let mut logits = if last_rows.is_empty() {
+            Vec::new()
+        } else {
+            let rows = Tensor::new(last_rows.as_slice(), &self.device)?;
+            let last = x.index_select(&rows, 0)?;
+            let last = candle_nn::ops::rms_norm(&last, &self.output_norm, eps)?;
+            self.output
+                .forward(&last)?
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()?
+        }
+        .into_iter();
+        let mut out = Vec::with_capacity(batch.len());
+        for item in batch.iter_mut() {
+            item.cache.commit(item.tokens.len());
+            out.push(if item.logits { logits.next() } else { None });
+        }
+        Ok(out)
     }
+}
+
+/// Grouped-query attention of one sequence: queries `(t, heads, head_dim)`
+/// (already scaled) against keys and values `(len, kv_heads, head_dim)`;
+/// returns `(t, heads * head_dim)`. Query head `i` pairs with key/value head
+/// `i / (heads / kv_heads)`, so the queries are viewed as `kv_heads` groups
+/// of `heads / kv_heads * t` rows and no key or value is copied per head.
+fn attention(
+    q: &Tensor,
+    keys: &Tensor,
+    values: &Tensor,
+    mask: Option<&Tensor>,
+    kv_heads: usize,
+) -> Result<Tensor> {
+    let (t, heads, dim) = q.dims3()?;
+    let len = keys.dim(0)?;
+    let group = heads / kv_heads;
+    // (t, kv, group, d) → (kv, group * t, d)
+    let q = q
+        .reshape((t, kv_heads, group, dim))?
+        .permute((1, 2, 0, 3))?
+        .reshape((kv_heads, group * t, dim))?;
+    let keys = keys.transpose(0, 1)?; // (kv, len, d)
+    let values = values.transpose(0, 1)?;
+    let mut att = q.matmul(&keys.t()?)?; // (kv, group * t, len)
+    if let Some(mask) = mask {
+        att = att
+            .reshape((kv_heads, group, t, len))?
+            .broadcast_add(mask)?
+            .reshape((kv_heads, group * t, len))?;
+    }
+    let att = candle_nn::ops::softmax_last_dim(&att)?;
+    let y = att.matmul(&values)?; // (kv, group * t, d)
+    Ok(y.reshape((heads, t, dim))?
+        .transpose(0, 1)?
+        .reshape((t, heads * dim))?)
 }
 
 /// cos/sin tables of shape `(context_length, head_dim / 2)`.
@@ -277,18 +462,6 @@ fn causal_mask(t: usize, offset: usize, device: &Device) -> Result<Option<Tensor
     Ok(Some(Tensor::from_vec(mask, (t, total), device)?))
 }
 
-/// Repeats each key/value head `n` times: `(b, kv, s, d)` → `(b, kv * n, s, d)`,
-/// so query head `i` pairs with key/value head `i / n`.
-fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {
-    if n == 1 {
-        return Ok(x.clone());
-    }
-    let (b, kv, s, d) = x.dims4()?;
-    Ok(x.unsqueeze(2)?
-        .expand((b, kv, n, s, d))?
-        .reshape((b, kv * n, s, d))?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,20 +473,5 @@ mod tests {
         assert_eq!(v[0], vec![0.0, 0.0, f32::NEG_INFINITY]);
         assert_eq!(v[1], vec![0.0, 0.0, 0.0]);
         assert!(causal_mask(1, 5, &Device::Cpu).unwrap().is_none());
-    }
-
-    #[test]
-    fn repeat_kv_groups_heads() {
-        let x = Tensor::arange(0f32, 2.0, &Device::Cpu)
-            .unwrap()
-            .reshape((1, 2, 1, 1))
-            .unwrap();
-        let r = repeat_kv(&x, 3)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        assert_eq!(r, vec![0.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
     }
 }

@@ -6,6 +6,7 @@
 //! responses are server-sent events ending with `data: [DONE]`. Every error
 //! becomes an OpenAI error body in one place, [`ApiError`].
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,21 +26,18 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::api::{
-    self, AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
-    ChatCompletionRequest, ChatDelta, ChatLogprobs, Completion, CompletionChoice,
-    CompletionLogprobs, CompletionRequest, EmbeddingData, EmbeddingRequest, EmbeddingResponse,
-    EmbeddingUsage, ModelCard, ModelList, Prompt, Usage,
+    self, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
+    ChatDelta, ChatLogprobs, Completion, CompletionChoice, CompletionLogprobs, CompletionRequest,
+    EmbeddingData, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, ModelCard, ModelList,
+    Prompt, ToolCall, ToolCallDelta, ToolCallStream, ToolSettings, Usage,
 };
 use crate::bert::BertEmbedder;
-use crate::engine::{Engine, GenEvent, TextModel, default_device};
+use crate::engine::{Engine, EngineConfig, GenEvent, TextModel, default_device};
 use crate::error::{EngineError, Result};
 use crate::generate::{FinishReason, GenerateParams, Generation};
 use crate::json_grammar::Grammar;
 use crate::llama::WeightPrecision;
 use crate::logprobs::TokenLogprob;
-
-/// Waiting generation requests before submitters are held back.
-const QUEUE_DEPTH: usize = 64;
 
 /// What `bora engine serve` takes.
 #[derive(Debug, Clone)]
@@ -56,6 +54,8 @@ pub struct ServeOptions {
     pub embedding_name: Option<String>,
     /// How the chat model's weights are held (default: as quantized in the file).
     pub precision: WeightPrecision,
+    /// The scheduler's limits: batch size, KV memory, prefix cache.
+    pub engine: EngineConfig,
 }
 
 impl ServeOptions {
@@ -68,6 +68,7 @@ impl ServeOptions {
             embedding_model: None,
             embedding_name: None,
             precision: WeightPrecision::default(),
+            engine: EngineConfig::default(),
         }
     }
 }
@@ -131,7 +132,7 @@ impl Server {
             }
         };
         let state = Arc::new(AppState {
-            engine: Engine::start(model, QUEUE_DEPTH),
+            engine: Engine::start(model, opts.engine.clone()),
             embedder,
             created: now(),
         });
@@ -185,6 +186,7 @@ fn router(state: Shared) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/metrics", get(metrics))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -195,6 +197,18 @@ fn router(state: Shared) -> Router {
             )
         })
         .with_state(state)
+}
+
+/// The engine's Prometheus metrics (see [`crate::metrics`]).
+async fn metrics(State(state): State<Shared>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.engine.metrics().encode(),
+    )
+        .into_response()
 }
 
 /// An error as the OpenAI API returns it: `{"error": {message, type, param, code}}`.
@@ -381,10 +395,15 @@ trait ChunkFormat: Send + 'static {
     /// Chunks that open choice `index`.
     fn start(&mut self, index: usize) -> Option<serde_json::Value>;
     /// A chunk with new text and its tokens' log-probabilities (empty when
-    /// not asked for).
-    fn text(&mut self, index: usize, text: String, logprobs: &[TokenLogprob]) -> serde_json::Value;
-    /// The choice's last chunk.
-    fn finish(&self, index: usize, reason: FinishReason) -> serde_json::Value;
+    /// not asked for), or none while the text is held back.
+    fn text(
+        &mut self,
+        index: usize,
+        text: String,
+        logprobs: &[TokenLogprob],
+    ) -> Option<serde_json::Value>;
+    /// The choice's last chunks (held-back output, then the finish reason).
+    fn finish(&mut self, index: usize, reason: FinishReason) -> Vec<serde_json::Value>;
     /// The usage chunk.
     fn usage(&self, usage: Usage) -> serde_json::Value;
 }
@@ -419,11 +438,16 @@ fn stream_all<F: ChunkFormat>(
             };
             loop {
                 let ok = match events.recv().await {
-                    Some(GenEvent::Text(t, lps)) => send(format.text(job.index, t, &lps)).await,
+                    Some(GenEvent::Text(t, lps)) => match format.text(job.index, t, &lps) {
+                        Some(chunk) => send(chunk).await,
+                        None => true,
+                    },
                     Some(GenEvent::Done(g)) => {
                         completion_tokens += g.completion_tokens;
-                        if !send(format.finish(job.index, g.finish_reason)).await {
-                            return;
+                        for chunk in format.finish(job.index, g.finish_reason) {
+                            if !send(chunk).await {
+                                return;
+                            }
                         }
                         break;
                     }
@@ -489,6 +513,12 @@ struct ChatChunks {
     created: u64,
     model: String,
     include_usage: bool,
+    /// The request's tools: an answer that may be tool calls is held back
+    /// as [`ToolCallStream`] decides, and read as calls when it ends.
+    tools: ToolSettings,
+    /// Per choice being streamed: its filter, and the log-probabilities of
+    /// the text it holds (sent with the next chunk).
+    held: HashMap<usize, (ToolCallStream, Vec<TokenLogprob>)>,
 }
 
 impl ChatChunks {
@@ -516,22 +546,15 @@ impl ChatChunks {
             finish_reason,
         }
     }
-}
 
-impl ChunkFormat for ChatChunks {
-    fn start(&mut self, index: usize) -> Option<serde_json::Value> {
-        let delta = ChatDelta {
-            role: Some("assistant"),
-            content: Some(String::new()),
-        };
-        Some(self.chunk(vec![Self::choice(index, delta, None)], None))
-    }
-
-    fn text(&mut self, index: usize, text: String, logprobs: &[TokenLogprob]) -> serde_json::Value {
-        let delta = ChatDelta {
-            role: None,
-            content: Some(text),
-        };
+    /// A chunk of choice `index` with `delta` and, when asked for, the
+    /// log-probabilities of its tokens.
+    fn delta(
+        &self,
+        index: usize,
+        delta: ChatDelta,
+        logprobs: &[TokenLogprob],
+    ) -> serde_json::Value {
         let mut choice = Self::choice(index, delta, None);
         choice.logprobs = self
             .logprobs
@@ -539,11 +562,80 @@ impl ChunkFormat for ChatChunks {
         self.chunk(vec![choice], None)
     }
 
-    fn finish(&self, index: usize, reason: FinishReason) -> serde_json::Value {
-        self.chunk(
+    fn content(&self, index: usize, text: String, logprobs: &[TokenLogprob]) -> serde_json::Value {
+        let delta = ChatDelta {
+            content: Some(text),
+            ..ChatDelta::default()
+        };
+        self.delta(index, delta, logprobs)
+    }
+}
+
+impl ChunkFormat for ChatChunks {
+    fn start(&mut self, index: usize) -> Option<serde_json::Value> {
+        if let Some(filter) = self.tools.stream_filter() {
+            self.held.insert(index, (filter, Vec::new()));
+        }
+        // A forced call has no text: its content stays null.
+        let delta = ChatDelta {
+            role: Some("assistant"),
+            content: (!self.tools.forces_call()).then(String::new),
+            tool_calls: None,
+        };
+        Some(self.chunk(vec![Self::choice(index, delta, None)], None))
+    }
+
+    fn text(
+        &mut self,
+        index: usize,
+        text: String,
+        logprobs: &[TokenLogprob],
+    ) -> Option<serde_json::Value> {
+        let Some((filter, held_logprobs)) = self.held.get_mut(&index) else {
+            return Some(self.content(index, text, logprobs));
+        };
+        held_logprobs.extend_from_slice(logprobs);
+        let text = filter.push(&text);
+        if text.is_empty() {
+            return None;
+        }
+        let logprobs = std::mem::take(held_logprobs);
+        Some(self.content(index, text, &logprobs))
+    }
+
+    fn finish(&mut self, index: usize, reason: FinishReason) -> Vec<serde_json::Value> {
+        let mut chunks = Vec::new();
+        let mut reason = reason;
+        if let Some((filter, mut logprobs)) = self.held.remove(&index) {
+            let held = filter.finish();
+            match self.tools.parse_output(&held) {
+                Some(out) => {
+                    if let Some(text) = out.content {
+                        chunks.push(self.content(index, text, &std::mem::take(&mut logprobs)));
+                    }
+                    for (i, call) in out.calls.into_iter().enumerate() {
+                        let delta = ChatDelta {
+                            tool_calls: Some(vec![ToolCallDelta {
+                                index: i,
+                                call: ToolCall::new(call),
+                            }]),
+                            ..ChatDelta::default()
+                        };
+                        chunks.push(self.delta(index, delta, &std::mem::take(&mut logprobs)));
+                    }
+                    reason = FinishReason::ToolCalls;
+                }
+                None if !held.is_empty() || !logprobs.is_empty() => {
+                    chunks.push(self.content(index, held, &logprobs));
+                }
+                None => {}
+            }
+        }
+        chunks.push(self.chunk(
             vec![Self::choice(index, ChatDelta::default(), Some(reason))],
             None,
-        )
+        ));
+        chunks
     }
 
     fn usage(&self, usage: Usage) -> serde_json::Value {
@@ -554,12 +646,14 @@ impl ChunkFormat for ChatChunks {
 async fn chat_completions(State(state): State<Shared>, body: Bytes) -> ApiResult<Response> {
     let req: ChatCompletionRequest = parse(&body)?;
     check_text_model(&state, &req.model)?;
-    req.check_unsupported()?;
     let settings = req.sampling.validate()?;
-    let grammar = req.response_grammar()?.map(Arc::new);
+    let tools = req.tool_settings()?;
+    let grammar = req.output_grammar(&tools)?.map(Arc::new);
     let messages = req.template_messages()?;
     let model = state.engine.model();
-    let prompt = model.template.render(&messages, true)?;
+    let prompt = model
+        .template
+        .render_chat(&messages, &tools.prompt_tools(), true)?;
     let ids = model.tokenizer.encode(&prompt)?;
     let budget = api::completion_budget(model.context_length(), ids.len(), settings.max_tokens)
         .map_err(|e| ApiError::from_engine(e, "messages"))?;
@@ -575,6 +669,8 @@ async fn chat_completions(State(state): State<Shared>, body: Bytes) -> ApiResult
             created,
             model: model.name.clone(),
             include_usage: settings.include_usage,
+            tools,
+            held: HashMap::new(),
         };
         let engine = state.engine.clone();
         return Ok(
@@ -585,16 +681,17 @@ async fn chat_completions(State(state): State<Shared>, body: Bytes) -> ApiResult
     let completion_tokens = results.iter().map(|(_, g)| g.completion_tokens).sum();
     let choices = results
         .into_iter()
-        .map(|(index, g)| ChatChoice {
-            index,
-            logprobs: settings
+        .map(|(index, g)| {
+            let logprobs = settings
                 .logprobs
-                .map(|_| ChatLogprobs::new(&model.tokenizer, &g.logprobs)),
-            message: AssistantMessage {
-                role: "assistant",
-                content: g.text,
-            },
-            finish_reason: g.finish_reason,
+                .map(|_| ChatLogprobs::new(&model.tokenizer, &g.logprobs));
+            let (message, finish_reason) = tools.message(g.text, g.finish_reason);
+            ChatChoice {
+                index,
+                logprobs,
+                message,
+                finish_reason,
+            }
         })
         .collect();
     Ok(axum::Json(ChatCompletion {
@@ -639,7 +736,12 @@ impl ChunkFormat for TextChunks {
         None
     }
 
-    fn text(&mut self, index: usize, text: String, logprobs: &[TokenLogprob]) -> serde_json::Value {
+    fn text(
+        &mut self,
+        index: usize,
+        text: String,
+        logprobs: &[TokenLogprob],
+    ) -> Option<serde_json::Value> {
         let logprobs = self.logprobs.then(|| {
             CompletionLogprobs::new(&self.engine.model().tokenizer, logprobs, &mut self.offset)
         });
@@ -649,17 +751,17 @@ impl ChunkFormat for TextChunks {
             logprobs,
             finish_reason: None,
         };
-        self.chunk(vec![c], None)
+        Some(self.chunk(vec![c], None))
     }
 
-    fn finish(&self, index: usize, reason: FinishReason) -> serde_json::Value {
+    fn finish(&mut self, index: usize, reason: FinishReason) -> Vec<serde_json::Value> {
         let c = CompletionChoice {
             text: String::new(),
             index,
             logprobs: None,
             finish_reason: Some(reason),
         };
-        self.chunk(vec![c], None)
+        vec![self.chunk(vec![c], None)]
     }
 
     fn usage(&self, usage: Usage) -> serde_json::Value {
@@ -739,6 +841,36 @@ async fn completions(State(state): State<Shared>, body: Bytes) -> ApiResult<Resp
     .into_response())
 }
 
+/// Inputs per forward pass of the embedding model.
+const EMBEDDING_BATCH: usize = 32;
+
+/// Embeds `inputs` in batches of similar lengths (sorted, so little is
+/// padded); the vectors come back in input order.
+fn embed_in_batches(model: &BertEmbedder, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+    let mut order: Vec<usize> = (0..inputs.len()).collect();
+    order.sort_by_key(|&i| inputs[i].len());
+    let mut vectors = vec![Vec::new(); inputs.len()];
+    for chunk in order.chunks(EMBEDDING_BATCH) {
+        let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| inputs[i].clone()).collect();
+        let out = model.embed_batch(&batch).map_err(|e| match e {
+            // Name the input by its index in the request.
+            EngineError::InvalidRequest { message, .. } => {
+                let bad = chunk
+                    .iter()
+                    .find(|&&i| inputs[i].is_empty() || inputs[i].len() > model.max_tokens())
+                    .copied()
+                    .unwrap_or(chunk[0]);
+                EngineError::invalid(&format!("input[{bad}]"), message)
+            }
+            other => other,
+        })?;
+        for (&i, v) in chunk.iter().zip(out) {
+            vectors[i] = v;
+        }
+    }
+    Ok(vectors)
+}
+
 async fn embeddings(State(state): State<Shared>, body: Bytes) -> ApiResult<Response> {
     let req: EmbeddingRequest = parse(&body)?;
     let Some(embedder) = &state.embedder else {
@@ -752,19 +884,12 @@ async fn embeddings(State(state): State<Shared>, body: Bytes) -> ApiResult<Respo
     let (texts, format) = req.validate(model.dimensions())?;
     let (vectors, tokens) =
         tokio::task::spawn_blocking(move || -> Result<(Vec<Vec<f32>>, usize)> {
-            let mut tokens = 0;
-            let mut vectors = Vec::with_capacity(texts.len());
-            for (i, text) in texts.iter().enumerate() {
-                let ids = model.tokenize(text)?;
-                tokens += ids.len();
-                vectors.push(model.embed_ids(&ids).map_err(|e| match e {
-                    EngineError::InvalidRequest { message, .. } => {
-                        EngineError::invalid(&format!("input[{i}]"), message)
-                    }
-                    other => other,
-                })?);
-            }
-            Ok((vectors, tokens))
+            let ids = texts
+                .iter()
+                .map(|text| model.tokenize(text))
+                .collect::<Result<Vec<_>>>()?;
+            let tokens = ids.iter().map(Vec::len).sum();
+            Ok((embed_in_batches(&model, &ids)?, tokens))
         })
         .await
         .map_err(|_| EngineError::WorkerGone)??;

@@ -216,3 +216,44 @@ fn embeddings_match_reference() {
         }
     }
 }
+
+#[test]
+fn batched_embeddings_match_reference_and_single_inputs() {
+    let Some(dir) = common::minilm() else { return };
+    let model = BertEmbedder::load(&dir, &Device::Cpu).unwrap();
+    let reference = common::reference("all-minilm-l6-v2.golden.json");
+    // Different lengths, so three of the four are padded in the batch.
+    let sentences = [
+        "A man is eating food.",
+        "A man is eating a piece of bread.",
+        "The girl is carrying a baby.",
+        "This is an example sentence",
+    ];
+    let ids: Vec<Vec<u32>> = sentences
+        .iter()
+        .map(|s| model.tokenize(s).unwrap())
+        .collect();
+    assert!(ids.iter().map(Vec::len).min() < ids.iter().map(Vec::len).max());
+    let batch = model.embed_batch(&ids).unwrap();
+    assert_eq!(batch.len(), 4);
+    for ((s, v), ids) in sentences.iter().zip(&batch).zip(&ids) {
+        for (got, want) in v.iter().zip(common::floats(&reference[*s]["first8"])) {
+            assert!(
+                (f64::from(*got) - want).abs() < 1e-3,
+                "{s}: got {got}, reference {want}"
+            );
+        }
+        let alone = model.embed_ids(ids).unwrap();
+        let d = v
+            .iter()
+            .zip(&alone)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(d < 1e-5, "{s}: batched and alone differ by {d}");
+    }
+    let err = model
+        .embed_batch(&[ids[0].clone(), Vec::new()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("input is 0 tokens"), "{err}");
+}

@@ -132,6 +132,18 @@ struct EngineServeArgs {
     /// A BERT embedding model directory (model.safetensors, tokenizer.json, config.json).
     #[arg(long)]
     embedding_model: Option<PathBuf>,
+    /// Most requests generating at once in the running batch (vLLM's
+    /// --max-num-seqs); more wait in arrival order.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    max_num_seqs: u32,
+    /// MiB of attention keys and values the running requests may reserve
+    /// together (each reserves its prompt plus max_tokens).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    kv_cache_mib: u64,
+    /// MiB the prefix cache may keep of earlier prompts' keys and values, to
+    /// reuse for prompts that start the same way (0 turns it off).
+    #[arg(long, default_value_t = 1024)]
+    prefix_cache_mib: u64,
 }
 
 #[derive(Args)]
@@ -183,6 +195,10 @@ fn main() -> ExitCode {
             let mut opts = bora_engine::ServeOptions::new(args.model, args.listen);
             opts.name = args.name;
             opts.embedding_model = args.embedding_model;
+            opts.engine.max_running = args.max_num_seqs as usize;
+            opts.engine.kv_cache_bytes = (args.kv_cache_mib as usize).saturating_mul(1 << 20);
+            opts.engine.prefix_cache_bytes =
+                (args.prefix_cache_mib as usize).saturating_mul(1 << 20);
             match runtime().block_on(bora_engine::serve(opts)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
