@@ -292,8 +292,9 @@ impl Scheduler {
         waiting_count: Arc<AtomicUsize>,
     ) -> Self {
         let per_token = model.llama.kv_bytes_per_token().max(1);
-        // Room for at least one full-context sequence, whatever the budget.
-        let kv_budget = (config.kv_cache_bytes / per_token).max(model.context_length());
+        // A request larger than the whole budget still runs, alone (see
+        // `admit`), so a small budget slows the engine but never blocks it.
+        let kv_budget = (config.kv_cache_bytes / per_token).max(1);
         Self {
             prefix_cache: PrefixCache::new(config.prefix_cache_bytes),
             model,
@@ -373,16 +374,8 @@ impl Scheduler {
             }
             let job = self.waiting.pop_front().expect("front exists");
             self.waiting_count.fetch_sub(1, Ordering::Relaxed);
-            let sequence = Sequence::new(job.params);
-            let cache = if prompt == 0 {
-                None
-            } else {
-                self.prefix_cache.lookup(sequence.prompt_ids())
-            };
-            let cache = cache.unwrap_or_else(|| self.model.llama.new_cache());
-            self.metrics
-                .admitted(prompt, cache.len(), job.arrived.elapsed());
             if prompt == 0 {
+                // The server never sends one; a library caller might.
                 let _ = job.events.send(GenEvent::Failed(EngineError::invalid(
                     "prompt",
                     "the prompt is empty",
@@ -390,6 +383,13 @@ impl Scheduler {
                 self.metrics.finished("error", job.arrived.elapsed());
                 continue;
             }
+            let sequence = Sequence::new(job.params);
+            let cache = self
+                .prefix_cache
+                .lookup(sequence.prompt_ids())
+                .unwrap_or_else(|| self.model.llama.new_cache());
+            self.metrics
+                .admitted(prompt, cache.len(), job.arrived.elapsed());
             self.running.push(Running {
                 sequence,
                 prefilled: cache.len(),
@@ -481,8 +481,14 @@ impl Scheduler {
             }
         }
         self.metrics.step(sequences, prompt_tokens, generated);
+        // Leave the batch (and say so in the metrics) before telling the
+        // clients, so a client that reads the metrics next sees it gone.
+        let mut done = Vec::with_capacity(finished.len());
         for (i, outcome) in finished.into_iter().rev() {
-            let r = self.running.remove(i);
+            done.push((self.running.remove(i), outcome));
+        }
+        self.publish();
+        for (r, outcome) in done {
             let elapsed = r.arrived.elapsed();
             let event = match outcome {
                 Ok(generation) => {

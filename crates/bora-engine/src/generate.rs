@@ -146,13 +146,6 @@ impl Sequence {
         &self.prompt_ids
     }
 
-    /// Tokens the sequence may still add to its cache: its limit on
-    /// generated tokens, within the context window.
-    pub fn max_new_tokens(&self, context_length: usize) -> usize {
-        self.max_tokens
-            .min(context_length.saturating_sub(self.prompt_ids.len()))
-    }
-
     /// Tokens sampled so far.
     pub fn generated(&self) -> usize {
         self.token_ids.len()

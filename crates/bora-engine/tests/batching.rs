@@ -16,30 +16,64 @@ use bora_engine::{Engine, EngineConfig, TextModel, WeightPrecision};
 use candle_core::Device;
 
 fn load() -> Option<TextModel> {
-    common::smollm2().map(|p| {
-        TextModel::load(
-            &p,
-            Some("smol".into()),
-            &Device::Cpu,
-            WeightPrecision::Quantized,
-        )
-        .unwrap()
-    })
+    load_as(WeightPrecision::Quantized)
+}
+
+/// The tests that compare outputs across batch shapes use f32 weights:
+/// candle's quantized CPU kernels give a row slightly different results
+/// depending on how many rows a product has (up to ~0.9 in a logit here),
+/// which would hide what those tests check — that the scheduler feeds every
+/// sequence exactly its own tokens, positions and cache. With f32 weights
+/// batch shapes change only the order of float sums.
+fn load_f32() -> Option<TextModel> {
+    load_as(WeightPrecision::F32)
+}
+
+fn load_as(precision: WeightPrecision) -> Option<TextModel> {
+    common::smollm2()
+        .map(|p| TextModel::load(&p, Some("smol".into()), &Device::Cpu, precision).unwrap())
 }
 
 fn tokens(model: &TextModel, text: &str) -> Vec<u32> {
     model.tokenizer.encode(text).unwrap()
 }
 
+/// Greedy, with the top two alternatives of every token (to tell a real
+/// difference from a near tie).
 fn params(prompt_ids: Vec<u32>, max_tokens: usize) -> GenerateParams {
     GenerateParams {
         prompt_ids,
         max_tokens,
         sampling: SamplingParams::greedy(),
         stop: vec![],
-        logprobs: None,
+        logprobs: Some(2),
         grammar: None,
     }
+}
+
+/// Two greedy runs of one prompt agree token for token, except that the
+/// second may take the other branch where the first's two best tokens were
+/// within float noise of each other (a batch of another shape sums in
+/// another order; neither vLLM nor llama.cpp promise bit-equal logits
+/// across batch shapes either). After such a branch the texts may differ.
+fn assert_same_greedy(want: &Generation, got: &Generation, what: &str) {
+    let first_difference = want
+        .token_ids
+        .iter()
+        .zip(&got.token_ids)
+        .position(|(a, b)| a != b);
+    let Some(i) = first_difference else {
+        assert_eq!(want.token_ids, got.token_ids, "{what}");
+        return;
+    };
+    let top = &want.logprobs[i].top;
+    let gap = top[0].1 - top[1].1;
+    assert!(
+        gap < 0.05 && got.token_ids[i] == top[1].0,
+        "{what}: token {i} differs ({} vs {}) where the best two were {gap} apart",
+        want.token_ids[i],
+        got.token_ids[i]
+    );
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -60,7 +94,7 @@ fn argmax(v: &[f32]) -> usize {
 
 #[test]
 fn a_batched_forward_pass_equals_one_sequence_at_a_time() {
-    let Some(model) = load() else { return };
+    let Some(model) = load_f32() else { return };
     let llama = &model.llama;
     let prompts = [
         tokens(&model, "The capital of France is"),
@@ -185,7 +219,7 @@ fn prompts(model: &TextModel, n: usize) -> Vec<Vec<u32>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_get_what_they_would_get_alone() {
-    let Some(model) = load() else { return };
+    let Some(model) = load_f32() else { return };
     let prompts = prompts(&model, 6);
     let engine = Engine::start(
         model,
@@ -205,9 +239,8 @@ async fn concurrent_requests_get_what_they_would_get_alone() {
         futures_util::future::join_all(prompts.iter().map(|p| run(&engine, params(p.clone(), 24))))
             .await;
     for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
-        assert_eq!(a.1.token_ids, t.1.token_ids, "request {i}");
-        assert_eq!(a.0, t.0, "request {i}: streamed text");
-        assert_eq!(a.1.text, t.1.text);
+        assert_same_greedy(&a.1, &t.1, &format!("request {i}"));
+        assert_eq!(t.0, t.1.text, "request {i}: the streamed text is the text");
     }
     // Batches of more than one sequence did run.
     let (sum, count) = (
@@ -277,22 +310,22 @@ async fn the_batch_is_bounded_and_every_request_finishes() {
 async fn a_small_kv_budget_runs_requests_one_after_another() {
     let Some(model) = load() else { return };
     let prompts = prompts(&model, 3);
-    // Room for one full-context sequence only: every request reserves its
-    // whole context (no max_tokens), so they run one at a time.
-    let context = model.context_length();
+    let max_tokens = 6;
+    // Room for one request's reservation (prompt + max_tokens), not two.
+    let longest = prompts.iter().map(Vec::len).max().unwrap() + max_tokens;
+    let budget = model.llama.kv_bytes_per_token() * longest * 3 / 2;
     let engine = Engine::start(
         model,
         EngineConfig {
-            kv_cache_bytes: 1,
+            kv_cache_bytes: budget,
             ..EngineConfig::default()
         },
     );
-    let results = futures_util::future::join_all(prompts.iter().map(|p| {
-        let max = context - p.len();
-        let mut p = params(p.clone(), max);
-        p.stop = vec!["\n".into()];
-        run(&engine, p)
-    }))
+    let results = futures_util::future::join_all(
+        prompts
+            .iter()
+            .map(|p| run(&engine, params(p.clone(), max_tokens))),
+    )
     .await;
     assert_eq!(results.len(), 3);
     assert_eq!(
@@ -300,11 +333,21 @@ async fn a_small_kv_budget_runs_requests_one_after_another() {
         metric(&engine, "bora_engine_batch_size_count"),
         "one sequence per step"
     );
+    // A request larger than the whole budget still runs (alone).
+    let tiny = Engine::start(
+        load().unwrap(),
+        EngineConfig {
+            kv_cache_bytes: 1,
+            ..EngineConfig::default()
+        },
+    );
+    let (_, g) = run(&tiny, params(prompts[0].clone(), 3)).await;
+    assert!(g.completion_tokens > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_prompt_prefix_is_computed_once() {
-    let Some(model) = load() else { return };
+    let Some(model) = load_f32() else { return };
     let system = "You are a helpful assistant for a bakery. You answer questions about \
                   bread, cakes and opening hours, politely and briefly, in English. \
                   The bakery opens at seven and closes at six, every day but Sunday.";
@@ -316,7 +359,7 @@ async fn a_shared_prompt_prefix_is_computed_once() {
     let shared = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
     assert!(shared >= 32, "the prompts share {shared} tokens");
     let uncached = Engine::start(
-        load().unwrap(),
+        load_f32().unwrap(),
         EngineConfig {
             prefix_cache_bytes: 0,
             ..EngineConfig::default()
@@ -346,7 +389,7 @@ async fn a_shared_prompt_prefix_is_computed_once() {
     // And reuse changes nothing in the output.
     for (p, got) in [(&a, &first), (&b, &second), (&a, &again)] {
         let want = run(&uncached, params(p.clone(), 12)).await;
-        assert_eq!(got.1.token_ids, want.1.token_ids);
+        assert_same_greedy(&want.1, &got.1, "with and without the prefix cache");
     }
     assert_eq!(metric(&uncached, "vllm:prefix_cache_hits_total"), 0.0);
 }
@@ -382,5 +425,34 @@ async fn a_cancelled_request_leaves_the_batch() {
     assert!(
         metric(&engine, "vllm:generation_tokens_total") < 400.0,
         "the cancelled request stopped generating"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_request_fails_alone() {
+    let Some(model) = load_f32() else { return };
+    let good = prompts(&model, 1).remove(0);
+    let engine = Engine::start(model, EngineConfig::default());
+    let alone = run(&engine, params(good.clone(), 12)).await;
+    // A token id far outside the vocabulary makes the forward pass fail
+    // (the server's tokenizer never produces one; a library caller might).
+    let bad = params(vec![1, 10_000_000], 12);
+    let mut bad_rx = engine.submit(bad).await.unwrap();
+    let (together, failed) = tokio::join!(run(&engine, params(good, 12)), async {
+        loop {
+            match bad_rx.recv().await.expect("the engine ends every request") {
+                GenEvent::Failed(e) => return e.to_string(),
+                GenEvent::Done(g) => panic!("the bad request finished: {g:?}"),
+                GenEvent::Text(..) => {}
+            }
+        }
+    });
+    assert!(failed.contains("model execution failed"), "{failed}");
+    assert_same_greedy(&alone.1, &together.1, "beside a failing request");
+    assert_eq!(metric(&engine, "vllm:num_requests_running"), 0.0);
+    let text = engine.metrics().encode();
+    assert!(
+        text.contains("finished_reason=\"error\"} 1"),
+        "one request counted as failed:\n{text}"
     );
 }
