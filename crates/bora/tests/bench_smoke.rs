@@ -8,7 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::bench::{self, Percentiles, parse_duration, parse_wrk, router, sandbox, scale, wake};
+use common::bench::{
+    self, Percentiles, engine, parse_duration, parse_wrk, router, sandbox, scale, wake,
+};
 
 #[test]
 fn router_bench_measures_direct_nginx_and_bora() {
@@ -84,6 +86,122 @@ fn sandbox_bench_measures_bora_with_and_without_a_pool_and_the_runtimes() {
             "{r:?}"
         );
     }
+}
+
+#[test]
+fn engine_bench_measures_bora_alone() {
+    // llama.cpp is not installed in CI: the smoke run measures Bora only.
+    let Some(params) = engine::EngineParams::smoke() else {
+        return;
+    };
+    let report = engine::run(&params);
+    println!("{report}");
+    assert!(report.peer.is_none());
+    let bora = &report.bora;
+    assert_eq!(bora.decode.len(), params.runs, "{bora:?}");
+    for s in bora
+        .decode
+        .iter()
+        .chain(bora.rounds.iter().flat_map(|r| &r.streams))
+    {
+        assert!(
+            (2..=params.max_tokens).contains(&s.completion_tokens),
+            "{s:?}"
+        );
+        assert!(s.prompt_tokens > 0 && s.text_chunks > 0, "{s:?}");
+        assert!(
+            s.first_token <= s.last_token && s.last_token <= s.total,
+            "{s:?}"
+        );
+    }
+    assert_eq!(bora.prefill.len(), params.prompt_runs, "{bora:?}");
+    for p in &bora.prefill {
+        // Aimed at by one probe: near the target, not exactly on it.
+        assert!(
+            p.prompt_tokens >= params.prompt_tokens / 2
+                && p.prompt_tokens <= params.prompt_tokens * 2,
+            "{p:?}"
+        );
+    }
+    assert_eq!(bora.rounds.len(), params.rounds, "{bora:?}");
+    for r in &bora.rounds {
+        assert_eq!(r.streams.len(), params.streams, "{r:?}");
+    }
+    for rate in [
+        bora.decode_rate(),
+        bora.prefill_rate(),
+        bora.aggregate_rate(),
+        bora.concurrency_gain(),
+    ] {
+        assert!(rate.is_finite() && rate > 0.0, "{bora:?}");
+    }
+    assert!((0.0..=1.0).contains(&report.other_cpu), "{report:?}");
+    // Without a peer there is no ratio, and the table says so.
+    assert!(report.decode_ratio().is_nan());
+    assert!(report.table().to_string().contains("peer: none"));
+}
+
+#[test]
+fn engine_bench_reads_streams_and_takes_medians() {
+    let mut sse = engine::SseParser::default();
+    let ms = Duration::from_millis;
+    let chunk = |text: &str| {
+        format!(
+            "data: {}\n\n",
+            serde_json::json!({"choices": [{"index": 0, "delta": {"content": text}}]})
+        )
+    };
+    // The role chunk carries no text; a chunk split across reads counts at
+    // the read that completes it.
+    sse.feed(
+        b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n",
+        ms(5),
+    )
+    .unwrap();
+    let one = chunk("1");
+    let (head, rest) = one.split_at(10);
+    sse.feed(head.as_bytes(), ms(10)).unwrap();
+    sse.feed(rest.as_bytes(), ms(20)).unwrap();
+    sse.feed(chunk(",").as_bytes(), ms(30)).unwrap();
+    sse.feed(chunk(" 2").as_bytes(), ms(120)).unwrap();
+    sse.feed(
+        b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":4,\"total_tokens\":13}}\n\ndata: [DONE]\n\n",
+        ms(121),
+    )
+    .unwrap();
+    assert!(sse.done);
+    let s = sse.finish(ms(122)).unwrap();
+    assert_eq!((s.first_token, s.last_token), (ms(20), ms(120)));
+    assert_eq!(
+        (s.prompt_tokens, s.completion_tokens, s.text_chunks),
+        (9, 4, 3)
+    );
+    // 3 tokens after the first in 100 ms.
+    assert!((s.decode_rate() - 30.0).abs() < 1e-9, "{s:?}");
+
+    // Text completions' chunks (`text`), and no usage: chunks are counted.
+    let mut sse = engine::SseParser::default();
+    sse.feed(b"data: {\"choices\":[{\"text\":\"a\"}]}\n", ms(1))
+        .unwrap();
+    sse.feed(b"data: {\"choices\":[{\"text\":\"b\"}]}\n", ms(2))
+        .unwrap();
+    assert_eq!(sse.finish(ms(3)).unwrap().completion_tokens, 2);
+    // An error chunk, or no text at all, is an error.
+    let mut sse = engine::SseParser::default();
+    assert!(
+        sse.feed(b"data: {\"error\":{\"message\":\"x\"}}\n", ms(1))
+            .is_err()
+    );
+    assert!(engine::SseParser::default().finish(ms(1)).is_err());
+
+    assert_eq!(engine::median([3.0, 1.0, 2.0].into_iter()), 2.0);
+    assert_eq!(engine::median([4.0, 1.0, 2.0, 3.0].into_iter()), 2.5);
+    assert!(engine::median(std::iter::empty()).is_nan());
+    // Every seed a different prompt, each the asked number of words.
+    let (a, b) = (engine::random_words(1, 50), engine::random_words(2, 50));
+    assert_ne!(a, b);
+    assert_eq!(a.split(' ').count(), 50);
+    assert_eq!(engine::random_words(1, 50), a);
 }
 
 #[test]

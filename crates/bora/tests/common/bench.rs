@@ -1,6 +1,7 @@
 //! What the benchmarks share: the machine description, command-line
 //! parameters, latency percentiles, result tables, timed HTTP requests on
-//! raw sockets, and the peers they compare Bora with (nginx, `wrk`).
+//! raw sockets, and the peers they compare Bora with (nginx, `wrk`; the
+//! engine bench's llama.cpp server lives in `bench/engine.rs`).
 //!
 //! Each benchmark lives in its own module and is driven from two places:
 //! `benches/<name>.rs` (`cargo bench -p bora --bench <name>`, full
@@ -10,6 +11,7 @@
 //! Every load loop is bounded in count and time, and all traffic stays on
 //! loopback.
 
+pub mod engine;
 pub mod router;
 pub mod sandbox;
 pub mod scale;
@@ -154,6 +156,11 @@ impl Args {
             v.parse()
                 .unwrap_or_else(|_| panic!("--{name} takes a whole number, not {v:?}"))
         })
+    }
+
+    /// A path, if given.
+    pub fn path(&self, name: &str) -> Option<PathBuf> {
+        self.get(name).map(PathBuf::from)
     }
 
     /// A duration such as `10s`, `500ms` or `2m` (a bare number is seconds),
