@@ -19,13 +19,12 @@ use crate::gguf::{GgufFile, LlamaConfig};
 /// One transformer block's weights.
 struct Block {
     attn_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
+    /// Query, key and value projections.
+    qkv: Projections,
     wo: QMatMul,
     ffn_norm: Tensor,
-    w_gate: QMatMul,
-    w_up: QMatMul,
+    /// Gate and up projections.
+    gate_up: Projections,
     w_down: QMatMul,
 }
 
@@ -194,6 +193,85 @@ fn qmatmul(
     })
 }
 
+/// Several projections of the same input (Q, K and V; gate and up). When
+/// their weights can be one matrix they are: stacked row-wise into a single
+/// product, the input is quantized and the thread pool woken once instead
+/// of per projection. Rows keep their own quantization blocks (blocks run
+/// along a row), so the stacked matrix computes exactly what the parts did.
+enum Projections {
+    /// One matrix; the output columns of each part, in order.
+    Stacked(QMatMul, Vec<usize>),
+    /// The parts' block types differ: one product each.
+    Separate(Vec<QMatMul>),
+}
+
+impl Projections {
+    fn load(
+        file: &mut GgufFile,
+        names: &[&str],
+        device: &Device,
+        precision: WeightPrecision,
+    ) -> Result<Self> {
+        let parts = names
+            .iter()
+            .map(|name| file.tensor(name, device))
+            .collect::<Result<Vec<QTensor>>>()?;
+        let widths = parts
+            .iter()
+            .map(|t| t.shape().dims2().map(|(rows, _)| rows))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        // Stackable: f32 weights, or block types that become (or are) Q8_0.
+        let stacked_type = match precision {
+            WeightPrecision::F32 => None,
+            WeightPrecision::Quantized => Some(GgmlDType::Q8_0),
+        };
+        let stackable = precision == WeightPrecision::F32
+            || parts
+                .iter()
+                .all(|t| without_fast_kernel(t.dtype()) || t.dtype() == GgmlDType::Q8_0);
+        if !stackable {
+            let separate = parts
+                .into_iter()
+                .map(QMatMul::from_qtensor)
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            return Ok(Self::Separate(separate));
+        }
+        let dense = parts
+            .iter()
+            .map(|t| t.dequantize(device))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let matrix = Tensor::cat(&dense, 0)?;
+        let matmul = match stacked_type {
+            None => QMatMul::Tensor(matrix),
+            Some(dtype) => QMatMul::from_qtensor(QTensor::quantize(&matrix, dtype)?)?,
+        };
+        Ok(Self::Stacked(matmul, widths))
+    }
+
+    /// The `N` projections of `x` (`N` is the number of parts loaded).
+    fn forward<const N: usize>(&self, x: &Tensor) -> Result<[Tensor; N]> {
+        let outputs = match self {
+            Self::Stacked(matmul, widths) => {
+                let y = matmul.forward(x)?;
+                let mut start = 0;
+                let mut outputs = Vec::with_capacity(widths.len());
+                for &width in widths {
+                    outputs.push(y.narrow(1, start, width)?.contiguous()?);
+                    start += width;
+                }
+                outputs
+            }
+            Self::Separate(parts) => parts
+                .iter()
+                .map(|m| m.forward(x))
+                .collect::<candle_core::Result<Vec<_>>>()?,
+        };
+        Ok(outputs.try_into().map_err(|v: Vec<Tensor>| {
+            candle_core::Error::Msg(format!("{} projections, expected {N}", v.len()))
+        })?)
+    }
+}
+
 impl Llama {
     /// Loads the weights of a validated GGUF file onto `device`.
     pub fn load(file: &mut GgufFile, device: &Device, precision: WeightPrecision) -> Result<Self> {
@@ -207,13 +285,27 @@ impl Llama {
             let p = format!("blk.{i}");
             blocks.push(Block {
                 attn_norm: dense(file, &format!("{p}.attn_norm.weight"), device)?,
-                wq: qmatmul(file, &format!("{p}.attn_q.weight"), device)?,
-                wk: qmatmul(file, &format!("{p}.attn_k.weight"), device)?,
-                wv: qmatmul(file, &format!("{p}.attn_v.weight"), device)?,
+                qkv: Projections::load(
+                    file,
+                    &[
+                        &format!("{p}.attn_q.weight"),
+                        &format!("{p}.attn_k.weight"),
+                        &format!("{p}.attn_v.weight"),
+                    ],
+                    device,
+                    precision,
+                )?,
                 wo: qmatmul(file, &format!("{p}.attn_output.weight"), device)?,
                 ffn_norm: dense(file, &format!("{p}.ffn_norm.weight"), device)?,
-                w_gate: qmatmul(file, &format!("{p}.ffn_gate.weight"), device)?,
-                w_up: qmatmul(file, &format!("{p}.ffn_up.weight"), device)?,
+                gate_up: Projections::load(
+                    file,
+                    &[
+                        &format!("{p}.ffn_gate.weight"),
+                        &format!("{p}.ffn_up.weight"),
+                    ],
+                    device,
+                    precision,
+                )?,
                 w_down: qmatmul(file, &format!("{p}.ffn_down.weight"), device)?,
             });
         }
@@ -330,12 +422,13 @@ impl Llama {
         let mut x = self.embedding.index_select(&ids, 0)?;
         for (layer, block) in self.blocks.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, eps)?;
-            let q = block.wq.forward(&h)?.reshape((total, nh, 1, hd))?;
+            let [q, k, v] = block.qkv.forward::<3>(&h)?;
+            let q = q.reshape((total, nh, 1, hd))?;
             let q = (candle_nn::rotary_emb::rope_i(&q, &cos, &sin)? * scale)?
                 .reshape((total, nh, hd))?;
-            let k = block.wk.forward(&h)?.reshape((total, nkv, 1, hd))?;
+            let k = k.reshape((total, nkv, 1, hd))?;
             let k = candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?.reshape((total, nkv, hd))?;
-            let v = block.wv.forward(&h)?.reshape((total, nkv, hd))?;
+            let v = v.reshape((total, nkv, hd))?;
             let mut outputs = Vec::with_capacity(batch.len());
             let mut start = 0;
             for (item, mask) in batch.iter_mut().zip(&masks) {
@@ -357,8 +450,10 @@ impl Llama {
             };
             let x1 = (&x + block.wo.forward(&y)?)?;
             let h = candle_nn::ops::rms_norm(&x1, &block.ffn_norm, eps)?;
-            let gate = candle_nn::ops::silu(&block.w_gate.forward(&h)?)?;
-            let ff = block.w_down.forward(&(gate * block.w_up.forward(&h)?)?)?;
+            let [gate, up] = block.gate_up.forward::<2>(&h)?;
+            let ff = block
+                .w_down
+                .forward(&(candle_nn::ops::silu(&gate)? * up)?)?;
             x = (x1 + ff)?;
         }
         // Logits only for the last token of the items that want them.
