@@ -158,7 +158,10 @@ impl BertEmbedder {
         let tensors = candle_core::safetensors::load(&weights_path, device).map_err(|e| {
             invalid(
                 weights_path.clone(),
-                format!("not a readable safetensors file ({e})"),
+                format!(
+                    "not a readable safetensors file ({})",
+                    crate::error::without_backtrace(e)
+                ),
             )
         })?;
         let mut w = Weights {

@@ -64,10 +64,26 @@ pub enum EngineError {
     },
     /// A tensor operation failed while running a model.
     #[error("model execution failed: {0}")]
-    Tensor(#[from] candle_core::Error),
+    Tensor(candle_core::Error),
     /// The engine worker has stopped (it panicked or shut down).
     #[error("the engine worker is not running")]
     WorkerGone,
+}
+
+/// candle attaches a backtrace to its errors when `RUST_BACKTRACE` is set,
+/// and prints it as part of the message; messages for users and clients
+/// drop it.
+pub(crate) fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(*inner),
+        other => other,
+    }
+}
+
+impl From<candle_core::Error> for EngineError {
+    fn from(e: candle_core::Error) -> Self {
+        Self::Tensor(without_backtrace(e))
+    }
 }
 
 impl EngineError {
@@ -82,3 +98,20 @@ impl EngineError {
 
 /// The engine's result type.
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candle_backtraces_stay_out_of_messages() {
+        let e = candle_core::Error::WithBacktrace {
+            inner: Box::new(candle_core::Error::Msg("index out of range".into())),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        assert_eq!(
+            EngineError::from(e).to_string(),
+            "model execution failed: index out of range"
+        );
+    }
+}

@@ -107,7 +107,10 @@ impl GgufFile {
         let mut reader = BufReader::new(file);
         let content = Content::read(&mut reader).map_err(|e| EngineError::InvalidModel {
             path: path.to_path_buf(),
-            reason: format!("not a readable GGUF file ({e}); is the download complete?"),
+            reason: format!(
+                "not a readable GGUF file ({}); is the download complete?",
+                crate::error::without_backtrace(e)
+            ),
         })?;
         let meta = Meta {
             path,
@@ -149,7 +152,7 @@ impl GgufFile {
             .tensor(&mut self.reader, name, device)
             .map_err(|e| EngineError::InvalidModel {
                 path: self.path.clone(),
-                reason: format!("tensor {name}: {e}"),
+                reason: format!("tensor {name}: {}", crate::error::without_backtrace(e)),
             })
     }
 }
