@@ -67,6 +67,9 @@ pub struct Controller {
     pub(crate) metrics: ControlMetrics,
     /// Warm sandboxes, ready to be claimed.
     pub(crate) pools: crate::pool::Pools,
+    /// Held while a route table is built and handed to the router, so that
+    /// a table read from the store earlier never replaces a newer one.
+    publishing: Mutex<()>,
 }
 
 impl Controller {
@@ -88,6 +91,7 @@ impl Controller {
             changed: Notify::new(),
             waking: Mutex::new(HashSet::new()),
             metrics: ControlMetrics::default(),
+            publishing: Mutex::new(()),
         });
         ctl.router.set_waker(Arc::new(RouterWaker {
             controller: Arc::downgrade(&ctl),
@@ -414,8 +418,12 @@ impl Controller {
     // ---- routing ---------------------------------------------------------
 
     /// Rebuilds the router's table from the store: each web service routes
-    /// to the healthy instances of its active deployment.
+    /// to the healthy instances of its active deployment. Callers run
+    /// concurrently (supervisors, rollouts, sandboxes); reading the store
+    /// and swapping the table happen under one lock, so the last table
+    /// handed over is always the newest.
     pub fn publish_routes(&self) {
+        let _publishing = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
         match self.route_table() {
             Ok(table) => self.router.set_table(table),
             Err(e) => tracing::error!(error = %e, "cannot rebuild the route table"),

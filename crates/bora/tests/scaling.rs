@@ -98,6 +98,15 @@ fn runc_status(id: &str) -> String {
     state.trim().to_string()
 }
 
+/// Waits until the instance's cgroup is frozen.
+fn wait_frozen(server: &Server, id: &str) {
+    server.wait_until(
+        "the sleeping instance's cgroup to freeze",
+        Duration::from_secs(10),
+        || matches!(runc_status(id).as_str(), "FROZEN" | "1").then_some(()),
+    );
+}
+
 fn metrics(server: &Server) -> String {
     http_client()
         .get(format!("http://{}/metrics", server.api))
@@ -127,12 +136,10 @@ fn a_min_zero_service_sleeps_and_wakes_on_the_next_request() {
     assert_eq!(get(&server, host), (200, "hello from a sleeper".into()));
 
     // Idle for a second: frozen, out of the table, memory kept.
+    // The instance is `sleeping` (out of the table) from the moment the
+    // sleep begins; its requests drain and then the cgroup freezes.
     let id = wait_asleep_light(&server, "sleepy");
-    assert!(
-        matches!(runc_status(&id).as_str(), "FROZEN" | "1"),
-        "the sleeping instance's cgroup is frozen, got {:?}",
-        runc_status(&id)
-    );
+    wait_frozen(&server, &id);
     // `services get` shows it (updated at the autoscaler's next tick).
     let svc = server.wait_until(
         "the service status to say asleep",
@@ -200,12 +207,13 @@ fn a_min_zero_service_sleeps_and_wakes_on_the_next_request() {
     // Killing the server while the service sleeps leaves it asleep, and
     // the restarted server wakes it.
     let id = wait_asleep_light(&server, "sleepy");
+    wait_frozen(&server, &id);
     server.restart();
     assert_eq!(
         live(&server, "sleepy"),
         vec![(id.clone(), "sleeping".to_string())]
     );
-    assert!(matches!(runc_status(&id).as_str(), "FROZEN" | "1"));
+    wait_frozen(&server, &id);
     assert_eq!(get(&server, host), (200, "hello from a sleeper".into()));
     assert_eq!(live(&server, "sleepy"), vec![(id, "healthy".to_string())]);
 }
