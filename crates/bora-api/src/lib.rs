@@ -6,6 +6,8 @@
 //!   and the CLI never disagree.
 //! - [`resources`]: what Bora reports back (apps, services, deployments,
 //!   instances, secrets), with their state machines.
+//! - [`inference`]: the inference gateway's keys and request records
+//!   (usage and audit).
 //! - [`sandbox`]: sandboxes for AI agents, their requests and states.
 //! - [`duration`]: durations written as `30s`, `5m`.
 //! - [`names`]: the rules for names (DNS labels), as pure functions.
@@ -13,6 +15,7 @@
 
 pub mod duration;
 pub mod error;
+pub mod inference;
 pub mod names;
 pub mod resources;
 pub mod sandbox;
@@ -20,6 +23,7 @@ pub mod spec;
 
 pub use duration::Duration;
 pub use error::{ApiErrorBody, ErrorCode};
+pub use inference::*;
 pub use resources::*;
 pub use sandbox::*;
 pub use spec::*;

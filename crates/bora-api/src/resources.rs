@@ -157,6 +157,9 @@ pub enum InstanceState {
     /// what a service in deep sleep keeps, started by the first request.
     Standby,
     Starting,
+    /// A model service's process runs and is loading its model: not
+    /// ready yet, and never failed for taking long (only for exiting).
+    Loading,
     Healthy,
     /// Frozen by a `min: 0` service's light sleep: memory kept, no CPU,
     /// out of the route table until woken.
@@ -167,11 +170,12 @@ pub enum InstanceState {
 }
 
 impl InstanceState {
-    pub const ALL: [InstanceState; 9] = [
+    pub const ALL: [InstanceState; 10] = [
         InstanceState::Pending,
         InstanceState::Pulling,
         InstanceState::Standby,
         InstanceState::Starting,
+        InstanceState::Loading,
         InstanceState::Healthy,
         InstanceState::Sleeping,
         InstanceState::Draining,
@@ -188,6 +192,7 @@ impl InstanceState {
             InstanceState::Pending => "pending",
             InstanceState::Pulling => "pulling",
             InstanceState::Starting => "starting",
+            InstanceState::Loading => "loading",
             InstanceState::Healthy => "healthy",
             InstanceState::Sleeping => "sleeping",
             InstanceState::Standby => "standby",
@@ -205,6 +210,8 @@ impl InstanceState {
             (Pending, Pulling) | (Pending, Starting) => true,
             (Pulling, Starting) => true,
             (Starting, Healthy) => true,
+            // A model's process runs, then loads the model.
+            (Starting, Loading) | (Loading, Healthy) | (Loading, Draining) => true,
             (Healthy, Draining) | (Starting, Draining) => true,
             // A healthy instance whose process exited or kept failing its
             // health checks is restarted in place.

@@ -32,7 +32,9 @@ pub struct ServiceSpec {
     #[serde(rename = "type", default)]
     pub kind: ServiceType,
     /// An image reference: `registry/repo:tag`, `registry/repo@sha256:…`, or
-    /// a local OCI layout `oci:/path/to/layout:tag`.
+    /// a local OCI layout `oci:/path/to/layout:tag`. Not set for a model
+    /// served by the built-in engine (`type: model`, `engine: builtin`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub image: String,
     /// Replaces the image's entrypoint and command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -57,6 +59,53 @@ pub struct ServiceSpec {
     pub isolation: Isolation,
     #[serde(default)]
     pub scaling: ScalingSpec,
+    /// The model a `type: model` service serves (required there, refused
+    /// elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelSpec>,
+}
+
+/// What a `type: model` service serves. Clients reach it through the
+/// inference gateway (`/v1/...` on the router) under the service's name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// The model file on the node, an absolute path. `builtin`: a GGUF
+    /// file (Llama architecture). `openai-compatible`: mounted read-only
+    /// into the container at `/models/<file name>` (also in
+    /// `BORA_MODEL_PATH`).
+    pub path: String,
+    #[serde(default)]
+    pub engine: ModelEngine,
+}
+
+/// Which server runs a model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelEngine {
+    /// Bora's own engine (`bora engine serve`), run from the node's `bora`
+    /// binary in a container: no image needed.
+    #[default]
+    Builtin,
+    /// Any server image speaking the OpenAI API (vLLM, llama.cpp's
+    /// `llama-server`, …): the service's `image`, listening on its first
+    /// port (default 8000).
+    OpenaiCompatible,
+}
+
+impl ModelEngine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelEngine::Builtin => "builtin",
+            ModelEngine::OpenaiCompatible => "openai-compatible",
+        }
+    }
+}
+
+impl fmt::Display for ModelEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -67,6 +116,8 @@ pub enum ServiceType {
     Web,
     /// Runs in the background, no route.
     Worker,
+    /// Serves a model through the inference gateway (see [`ModelSpec`]).
+    Model,
 }
 
 impl fmt::Display for ServiceType {
@@ -74,6 +125,7 @@ impl fmt::Display for ServiceType {
         f.write_str(match self {
             ServiceType::Web => "web",
             ServiceType::Worker => "worker",
+            ServiceType::Model => "model",
         })
     }
 }

@@ -477,6 +477,8 @@ impl Controller {
         Ok(RouteTable {
             services,
             sandboxes,
+            // Model services: filled in by the model-service work.
+            models: Vec::new(),
         })
     }
 

@@ -61,6 +61,7 @@ pub mod balance;
 mod body;
 mod chunked;
 pub mod error;
+pub mod gateway;
 mod h1;
 mod headers;
 pub mod hold;
@@ -82,10 +83,13 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 
 pub use crate::balance::Balancer;
 pub use crate::error::{ErrorKind, ErrorSource, ProxyError};
+pub use crate::gateway::{GatewayKey, Recorder};
 pub use crate::hold::Waker;
 pub use crate::hooks::{NoHooks, Phase, ProxyHooks, RequestInfo};
 pub use crate::stats::{HeldOutcomes, LatencyHistogram, ServiceStats};
-pub use crate::table::{Backend, Route, RouteTable, SANDBOX_APP, SandboxRoute, ServiceRoutes};
+pub use crate::table::{
+    Backend, ModelRoutes, Route, RouteTable, SANDBOX_APP, SandboxRoute, ServiceRoutes,
+};
 
 use crate::metrics::RouterCollector;
 use crate::table::{CompiledTable, InFlightRegistry, Registries, ServiceRegistry};
@@ -112,12 +116,22 @@ pub struct RouterConfig {
     /// Worker threads, each with its own event loop, accepting from the
     /// same socket (like nginx's `worker_processes`); 0: one per CPU.
     pub workers: usize,
+    /// How long a gateway request may wait for a sleeping model to wake and
+    /// load, before the client gets 503 with `Retry-After`.
+    pub model_hold_timeout: Duration,
+    /// The largest request body the gateway reads (413 beyond).
+    pub max_gateway_body: usize,
+    /// Whether request records keep the prompt and the completion (off:
+    /// zero retention).
+    pub retain_content: bool,
 }
 
 impl RouterConfig {
     /// The defaults for `domain`: connect 2s, response headers 60s, idle
     /// pooled connections 90s, hold up to 1000 requests per sleeping
-    /// service for up to 30s, one worker thread per CPU.
+    /// service for up to 30s (a model: 10 minutes, for loading), one
+    /// worker thread per CPU; gateway request bodies up to 32 MiB, no
+    /// content retention.
     pub fn new(domain: impl Into<String>) -> Self {
         Self {
             domain: domain.into(),
@@ -127,6 +141,9 @@ impl RouterConfig {
             hold_timeout: Duration::from_secs(30),
             max_held: 1000,
             workers: 0,
+            model_hold_timeout: Duration::from_secs(600),
+            max_gateway_body: 32 * 1024 * 1024,
+            retain_content: false,
         }
     }
 
@@ -151,6 +168,8 @@ pub struct Router {
     services: ServiceRegistry,
     waker: ArcSwapOption<Arc<dyn Waker>>,
     hooks: Arc<dyn ProxyHooks>,
+    /// The inference gateway's keys, limits and recorder.
+    gateway: gateway::Gateway,
 }
 
 impl std::fmt::Debug for Router {
@@ -179,6 +198,7 @@ impl Router {
             services: ServiceRegistry::default(),
             waker: ArcSwapOption::empty(),
             hooks,
+            gateway: gateway::Gateway::default(),
         })
     }
 
@@ -203,6 +223,18 @@ impl Router {
         self.in_flight.prune();
         self.services.prune();
         tracing::debug!(services, "route table swapped");
+    }
+
+    /// Replaces the inference keys the gateway accepts (revoked ones are
+    /// listed too, to be refused by name).
+    pub fn set_keys(&self, keys: Vec<GatewayKey>) {
+        self.gateway.set_keys(keys);
+    }
+
+    /// Sets where the gateway sends a [`bora_api::RequestRecord`] for every
+    /// request it answers. Until one is set, records are dropped.
+    pub fn set_recorder(&self, recorder: Arc<dyn Recorder>) {
+        self.gateway.set_recorder(recorder);
     }
 
     /// Sets the [`Waker`] called for every request held for a sleeping

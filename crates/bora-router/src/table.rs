@@ -30,6 +30,34 @@ pub struct RouteTable {
     pub services: Vec<ServiceRoutes>,
     /// Running sandboxes, reached by their id (see [`SandboxRoute`]).
     pub sandboxes: Vec<SandboxRoute>,
+    /// Model services, reached only through the inference gateway (see
+    /// [`ModelRoutes`]), never by host.
+    pub models: Vec<ModelRoutes>,
+}
+
+/// A model service: what the inference gateway (`/v1/...` on any host
+/// that is not a service's) routes a request naming `model: <name>` to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModelRoutes {
+    /// The name clients give in `model`: the service's name, unique across
+    /// apps among model services.
+    pub name: String,
+    /// The app and service it belongs to (statistics, autoscaling, wake).
+    pub app: String,
+    pub service: String,
+    /// The port the replicas serve the OpenAI API on.
+    pub port: u16,
+    /// Ready replicas.
+    pub backends: Vec<Backend>,
+    /// Whether a request may wake it when it has no ready replica.
+    pub wakeable: bool,
+    /// `sha256:…` of the model file, for the audit trail.
+    pub digest: Option<String>,
+    /// The engine and its version, for the audit trail.
+    pub engine: String,
+    /// Unix time (seconds) the model was deployed, shown as `created` in
+    /// `/v1/models`.
+    pub created: u64,
 }
 
 /// A running sandbox. A request reaches port `P` of sandbox `ID` with the
@@ -548,6 +576,7 @@ mod tests {
             RouteTable {
                 services: vec![svc],
                 sandboxes: Vec::new(),
+                models: Vec::new(),
             },
             ".LocalHost",
             registry.registries(),
@@ -563,6 +592,7 @@ mod tests {
             RouteTable {
                 services: vec![service(&[("/", 80)], &["a", "b"])],
                 sandboxes: Vec::new(),
+                models: Vec::new(),
             },
             "localhost",
             registry.registries(),
@@ -606,6 +636,7 @@ mod tests {
                 RouteTable {
                     services: vec![service(&[("/", 80)], &["a"])],
                     sandboxes: Vec::new(),
+                    models: Vec::new(),
                 },
                 "localhost",
                 registry.registries(),

@@ -193,6 +193,7 @@ pub fn one_service(port: u16, backends: &[(&str, IpAddr)]) -> RouteTable {
     RouteTable {
         services: vec![service("hello", "web", &[("/", port)], backends)],
         sandboxes: Vec::new(),
+        models: Vec::new(),
     }
 }
 
@@ -232,6 +233,7 @@ pub fn sleeping_service(port: u16) -> RouteTable {
     RouteTable {
         services: vec![web],
         sandboxes: Vec::new(),
+        models: Vec::new(),
     }
 }
 

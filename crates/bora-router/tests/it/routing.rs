@@ -31,6 +31,7 @@ async fn routes_by_host_and_longest_path_prefix() {
                 service("hello", "docs", &[("/guide", ports[2])], &[("d1", lo(2))]),
             ],
             sandboxes: Vec::new(),
+            models: Vec::new(),
         };
         let router = TestRouter::start(table, |_| {}).await;
 
@@ -162,6 +163,7 @@ async fn sandboxes_are_reached_by_their_id_header_or_host_on_any_port() {
                     ip: lo(5),
                 },
             ],
+            models: Vec::new(),
         };
         let router = TestRouter::start(table, |_| {}).await;
         let by_header = |id: &str, port: &str| {

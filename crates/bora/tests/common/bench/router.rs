@@ -322,6 +322,7 @@ impl BoraRouter {
                 wakeable: false,
             }],
             sandboxes: Vec::new(),
+            models: Vec::new(),
         });
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(SocketAddr::new(
