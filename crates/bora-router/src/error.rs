@@ -82,6 +82,11 @@ pub enum ErrorKind {
         "sandbox {id:?} was not found running: it was killed, timed out, is paused or never existed (GET /v1/sandboxes lists the live ones)"
     )]
     UnknownSandbox { id: String },
+    /// No model service has the name a gateway request gives.
+    #[error(
+        "the model {model:?} does not exist: `bora models list` shows the deployed models, GET /v1/models the ones your key may use"
+    )]
+    UnknownModel { model: String },
     /// The sandbox port a request names is not a port.
     #[error("E2b-Sandbox-Port {port:?} is not a port number (1-65535)")]
     BadSandboxPort { port: String },
@@ -188,7 +193,9 @@ impl ErrorKind {
             Self::MissingHost | Self::BadRequest(_) | Self::BadSandboxPort { .. } => {
                 StatusCode::BAD_REQUEST
             }
-            Self::UnknownHost { .. } | Self::NoRoute { .. } => StatusCode::NOT_FOUND,
+            Self::UnknownHost { .. } | Self::NoRoute { .. } | Self::UnknownModel { .. } => {
+                StatusCode::NOT_FOUND
+            }
             Self::UnknownSandbox { .. } => StatusCode::BAD_GATEWAY,
             Self::NoHealthyInstance { .. }
             | Self::WakeTimeout { .. }
@@ -207,6 +214,7 @@ impl ErrorKind {
             Self::MissingHost
             | Self::BadRequest(_)
             | Self::UnknownHost { .. }
+            | Self::UnknownModel { .. }
             | Self::UnknownSandbox { .. }
             | Self::BadSandboxPort { .. }
             | Self::NoRoute { .. } => ErrorSource::Downstream,

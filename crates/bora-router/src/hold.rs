@@ -68,13 +68,24 @@ impl WakeFailures {
     }
 }
 
+/// How a held request finds its service again in a new table.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Lookup<'a> {
+    /// A web service, by the host the client named.
+    Host(&'a str),
+    /// A model service, by its name (the gateway).
+    Model(&'a str),
+}
+
 impl Router {
-    /// Holds a request for the sleeping `service` (reached at `host`) until
-    /// a table gives it instances; returns the service from that table.
+    /// Holds a request for the sleeping `service` (found by `lookup`) until
+    /// a table gives it instances, for at most `timeout`; returns the
+    /// service from that table.
     pub(crate) async fn hold(
         &self,
         service: Arc<CompiledService>,
-        host: &str,
+        lookup: Lookup<'_>,
+        timeout: std::time::Duration,
         scope: &mut RequestScope,
     ) -> Result<Arc<CompiledService>, ProxyError> {
         // Subscribe first: a failure reported from here on concerns us.
@@ -93,7 +104,9 @@ impl Router {
         tracing::debug!("service asleep: holding the request until it wakes");
         self.wake(&service);
 
-        let woken = self.wait_for_instances(&service, host, &mut failures).await;
+        let woken = self
+            .wait_for_instances(&service, lookup, timeout, &mut failures)
+            .await;
         let outcome = match &woken {
             Ok(_) => HoldOutcome::Forwarded,
             Err(error) if matches!(error.kind, ErrorKind::WakeTimeout { .. }) => {
@@ -114,15 +127,15 @@ impl Router {
         }
     }
 
-    /// Waits until the table routes `host` to instances, the wake fails, or
-    /// the hold times out.
+    /// Waits until the table gives the service instances, the wake fails,
+    /// or the hold times out.
     async fn wait_for_instances(
         &self,
         asleep: &CompiledService,
-        host: &str,
+        lookup: Lookup<'_>,
+        timeout: std::time::Duration,
         failures: &mut watch::Receiver<Arc<str>>,
     ) -> Result<Arc<CompiledService>, ProxyError> {
-        let timeout = self.config.hold_timeout;
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         loop {
@@ -132,7 +145,10 @@ impl Router {
             tokio::pin!(swapped);
             swapped.as_mut().enable();
 
-            let current = self.route(host)?;
+            let current = match lookup {
+                Lookup::Host(host) => self.route(host)?,
+                Lookup::Model(name) => self.model_service(name)?,
+            };
             if !current.backends.is_empty() {
                 return Ok(current);
             }

@@ -83,7 +83,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 
 pub use crate::balance::Balancer;
 pub use crate::error::{ErrorKind, ErrorSource, ProxyError};
-pub use crate::gateway::{GatewayKey, Recorder};
+pub use crate::gateway::{GatewayKey, Recorder, hash_secret};
 pub use crate::hold::Waker;
 pub use crate::hooks::{NoHooks, Phase, ProxyHooks, RequestInfo};
 pub use crate::stats::{HeldOutcomes, LatencyHistogram, ServiceStats};
@@ -169,7 +169,7 @@ pub struct Router {
     waker: ArcSwapOption<Arc<dyn Waker>>,
     hooks: Arc<dyn ProxyHooks>,
     /// The inference gateway's keys, limits and recorder.
-    gateway: gateway::Gateway,
+    gateway: Arc<gateway::Gateway>,
 }
 
 impl std::fmt::Debug for Router {
@@ -198,7 +198,7 @@ impl Router {
             services: ServiceRegistry::default(),
             waker: ArcSwapOption::empty(),
             hooks,
-            gateway: gateway::Gateway::default(),
+            gateway: Arc::default(),
         })
     }
 
@@ -286,6 +286,7 @@ impl Router {
         registry: &mut prometheus_client::registry::Registry,
     ) {
         registry.register_collector(Box::new(RouterCollector::new(self)));
+        self.gateway.metrics.register(registry);
     }
 
     /// Requests currently at the instance `instance_id`, including open

@@ -90,6 +90,14 @@ pub(crate) async fn serve(
     let (mut head_deadline, mut answer_deadline) = (Deadline::new(), Deadline::new());
     loop {
         match conn.next_request(&mut drained, &mut head_deadline).await {
+            // The gateway reads whole bodies and answers in its own way:
+            // hyper's path.
+            Next::Request(head) if router.is_gateway_request(head.host(), head.path()) => {
+                let Conn { stream, buf, .. } = conn;
+                let io = Prefixed::new(buf.freeze(), stream);
+                server::serve_hyper(router, io, client, tasks.clone()).await;
+                return;
+            }
             Next::Request(head) => {
                 let keep_alive = conn
                     .exchange(&router, &tasks, &head, &mut answer_deadline)

@@ -41,6 +41,12 @@ impl Router {
         client: SocketAddr,
         tasks: &ServeTasks,
     ) -> Response<ProxyBody> {
+        let to_sandbox = request.headers().contains_key(headers::E2B_SANDBOX_ID);
+        if !to_sandbox
+            && self.is_gateway_request(original_host(&request).as_deref(), request.uri().path())
+        {
+            return self.gateway(request, client, tasks).await;
+        }
         let request_id = headers::request_id(request.headers());
         let span = request_span(&request_id);
         let mut scope = RequestScope::new(request_id.clone(), self.hooks.clone());
@@ -114,7 +120,10 @@ impl Router {
             if !service.wakeable {
                 return Err(no_healthy_instance(&service));
             }
-            service = self.hold(service, host, scope).await?;
+            let lookup = crate::hold::Lookup::Host(host);
+            service = self
+                .hold(service, lookup, self.config.hold_timeout, scope)
+                .await?;
             // The table that woke the service may route the path elsewhere.
             port = route_port(&service, path)?;
         }

@@ -82,7 +82,13 @@ pub(crate) struct ServeTasks {
     pub(crate) client: UpstreamClient,
     /// This worker's idle connections to instances, for the fast path.
     pub(crate) pool: UpstreamPool,
+    /// This worker's connections to model replicas, for the gateway
+    /// (whose request bodies are read in full first).
+    pub(crate) gateway_client: GatewayClient,
 }
+
+/// The HTTP client one worker sends gateway requests with.
+pub(crate) type GatewayClient = Client<HttpConnector, http_body_util::Full<bytes::Bytes>>;
 
 impl ServeTasks {
     /// Has shutdown started? (Connections then close after their response.)
@@ -138,6 +144,11 @@ pub(crate) async fn serve(
     }
     // The workers hold their own handles on the socket.
     drop(listener);
+    // The gateway reads its replicas' load until shutdown starts.
+    tokio::spawn(crate::gateway::watch_replicas(
+        router.clone(),
+        drain.clone(),
+    ));
     tracing::info!(%addr, workers, domain = %router.config.domain, "router listening");
 
     shutdown.await;
@@ -164,6 +175,7 @@ async fn worker(
         stop,
         drain,
         client: upstream_client(&router),
+        gateway_client: gateway_client(&router),
         pool: UpstreamPool::new(router.config.pool_idle_timeout),
         draining: AtomicBool::new(false),
         drained: Notify::new(),
@@ -213,6 +225,17 @@ async fn worker(
 
 /// A keep-alive HTTP/1.1 client for one worker.
 fn upstream_client(router: &Router) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(router.config.connect_timeout));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(router.config.pool_idle_timeout)
+        .pool_timer(TokioTimer::new())
+        .build(connector)
+}
+
+/// A keep-alive HTTP/1.1 client to model replicas for one worker.
+fn gateway_client(router: &Router) -> GatewayClient {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(router.config.connect_timeout));
     connector.set_nodelay(true);

@@ -262,6 +262,19 @@ pub(crate) struct CompiledTable {
     sandboxes: HashMap<String, Arc<CompiledService>>,
     /// `.<domain>`, for `<port>-<id>.<domain>` hosts.
     domain_suffix: String,
+    /// Model name → the model service, for the gateway.
+    models: HashMap<String, Arc<CompiledModel>>,
+}
+
+/// A model service, compiled: a service whose one route is its API port.
+#[derive(Debug)]
+pub(crate) struct CompiledModel {
+    pub(crate) name: Arc<str>,
+    pub(crate) service: Arc<CompiledService>,
+    pub(crate) port: u16,
+    pub(crate) digest: Option<String>,
+    pub(crate) engine: String,
+    pub(crate) created: u64,
 }
 
 impl CompiledTable {
@@ -300,11 +313,54 @@ impl CompiledTable {
                 )
             })
             .collect();
+        let mut models = HashMap::with_capacity(table.models.len());
+        for model in table.models {
+            if models.contains_key(&model.name) {
+                tracing::warn!(model = %model.name, "route table lists a model twice; keeping the first entry");
+                continue;
+            }
+            let service = ServiceRoutes {
+                app: model.app,
+                service: model.service,
+                routes: vec![Route {
+                    path_prefix: "/".into(),
+                    port: model.port,
+                }],
+                backends: model.backends,
+                wakeable: model.wakeable,
+            };
+            let compiled = CompiledModel {
+                name: Arc::from(model.name.as_str()),
+                service: Arc::new(CompiledService::compile(service, registries)),
+                port: model.port,
+                digest: model.digest,
+                engine: model.engine,
+                created: model.created,
+            };
+            models.insert(model.name, Arc::new(compiled));
+        }
         Self {
             by_host,
             sandboxes,
             domain_suffix: format!(".{domain}"),
+            models,
         }
+    }
+
+    /// The model clients call `name`.
+    pub(crate) fn model(&self, name: &str) -> Option<&Arc<CompiledModel>> {
+        self.models.get(name)
+    }
+
+    /// Every model, by name.
+    pub(crate) fn models(&self) -> impl Iterator<Item = &Arc<CompiledModel>> {
+        self.models.values()
+    }
+
+    /// Whether `host` (normalised) is a service's or a sandbox's: such
+    /// requests are proxied, never answered by the gateway.
+    pub(crate) fn routes_host(&self, host: &str) -> bool {
+        self.by_host.contains_key(host) || self.sandbox_host(host).is_some()
     }
 
     /// The sandbox with id `id`.
@@ -352,6 +408,18 @@ pub(crate) struct CompiledBackend {
     pub(crate) instance_id: Arc<str>,
     pub(crate) ip: IpAddr,
     in_flight: Arc<AtomicUsize>,
+}
+
+impl CompiledBackend {
+    /// Requests at this instance now.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Counts one more request at this instance, until the lease drops.
+    pub(crate) fn lease(&self) -> Lease {
+        Lease::acquire(self.in_flight.clone())
+    }
 }
 
 impl CompiledService {
@@ -421,7 +489,7 @@ pub(crate) struct Lease {
 }
 
 impl Lease {
-    fn acquire(counter: Arc<AtomicUsize>) -> Self {
+    pub(crate) fn acquire(counter: Arc<AtomicUsize>) -> Self {
         counter.fetch_add(1, Ordering::AcqRel);
         Self { counter }
     }

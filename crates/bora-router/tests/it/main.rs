@@ -3,6 +3,7 @@
 mod harness;
 
 mod errors;
+mod gateway;
 mod headers;
 mod lifecycle;
 mod metrics;
