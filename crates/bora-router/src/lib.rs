@@ -11,6 +11,9 @@
 //! statistics and error responses (`proxy`).
 //! A request for a sleeping service (scaled to zero, marked
 //! [`ServiceRoutes::wakeable`]) is held while the control plane wakes it.
+//! A `/v1/...` request at a host that is no service's goes to the
+//! inference [`gateway`], which routes it by the `model` its body names to
+//! a replica of a [`ModelRoutes`] entry.
 //!
 //! The control plane drives the router through four calls:
 //!
@@ -22,7 +25,10 @@
 //!   instances go on at once;
 //! - [`Router::in_flight`] to wait for a draining instance to go idle.
 //!
-//! and, for scaling (to and from zero), through four more:
+//! and, for the inference gateway, through [`Router::set_keys`] (the
+//! inference keys, whenever they change) and [`Router::set_recorder`]
+//! (where request records go); and, for scaling (to and from zero),
+//! through four more:
 //!
 //! - [`Router::set_waker`] once, with the [`Waker`] that starts an instance
 //!   of a sleeping service when a request for it is held;
@@ -46,6 +52,7 @@
 //! | `pool` | each worker's idle connections to instances |
 //! | `prefixed` | handing a connection to hyper with the bytes read |
 //! | [`hold`] | holding requests while a sleeping service wakes, [`Waker`] |
+//! | [`gateway`] | the inference gateway: keys, limits, model routing with prefix affinity, usage records |
 //! | [`stats`] | per-service statistics, [`LatencyHistogram`] |
 //! | [`metrics`] | Prometheus metrics rendered from the statistics |
 //! | `headers` | hop-by-hop stripping, `X-Forwarded-*`, `X-Request-Id` |
@@ -124,6 +131,9 @@ pub struct RouterConfig {
     /// Whether request records keep the prompt and the completion (off:
     /// zero retention).
     pub retain_content: bool,
+    /// Whether the gateway sends prompts that share a long prefix to the
+    /// replica that holds it (off: least outstanding requests alone).
+    pub prefix_affinity: bool,
 }
 
 impl RouterConfig {
@@ -144,6 +154,7 @@ impl RouterConfig {
             model_hold_timeout: Duration::from_secs(600),
             max_gateway_body: 32 * 1024 * 1024,
             retain_content: false,
+            prefix_affinity: true,
         }
     }
 

@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::bench::{
-    self, Percentiles, engine, parse_duration, parse_wrk, router, sandbox, scale, wake,
+    self, Percentiles, engine, gateway, parse_duration, parse_wrk, router, sandbox, scale, wake,
 };
 
 #[test]
@@ -86,6 +86,36 @@ fn sandbox_bench_measures_bora_with_and_without_a_pool_and_the_runtimes() {
             "{r:?}"
         );
     }
+}
+
+#[test]
+fn gateway_bench_measures_overhead_and_affinity() {
+    // LiteLLM is not installed in CI: the smoke run measures Bora alone.
+    let Some(params) = gateway::GatewayParams::smoke() else {
+        return;
+    };
+    let report = gateway::run(&params);
+    println!("{report}");
+    assert!(report.litellm_version.is_none());
+    for (shape, measured) in [
+        ("latency", &report.latency),
+        ("throughput", &report.throughput),
+    ] {
+        for (name, m) in measured.all() {
+            assert!(m.requests > 0, "{shape} {name} served no request: {m:?}");
+            assert_eq!(m.errors, 0, "{shape} {name} had failed requests: {m:?}");
+            assert!(
+                m.p50 > Duration::ZERO && m.p99 >= m.p50,
+                "{shape} {name}: {m:?}"
+            );
+        }
+    }
+    for run in [&report.least_outstanding, &report.affinity] {
+        assert_eq!(run.failures, 0, "{run:?}");
+        assert_eq!(run.ttft.len(), params.requests, "{run:?}");
+        assert!((0.0..=1.0).contains(&run.hit_rate), "{run:?}");
+    }
+    assert!(report.affinity_p90_gain().is_finite());
 }
 
 #[test]

@@ -837,7 +837,7 @@ impl Router {
     ) -> Option<usize> {
         let backends = &model.service.backends;
         let ids: Vec<Arc<str>> = backends.iter().map(|b| b.instance_id.clone()).collect();
-        let matched = if hashes.is_empty() {
+        let matched = if hashes.is_empty() || !self.config.prefix_affinity {
             vec![0; ids.len()]
         } else {
             self.gateway

@@ -12,6 +12,7 @@
 //! loopback.
 
 pub mod engine;
+pub mod gateway;
 pub mod router;
 pub mod sandbox;
 pub mod scale;
@@ -467,6 +468,20 @@ impl Nginx {
         })
     }
 
+    /// nginx answering every request (any method, path and body) with
+    /// `body` as JSON: a stand-in upstream whose cost is close to nothing.
+    pub fn canned_json(workers: usize, body: &str) -> Nginx {
+        assert!(
+            !body.contains(['\'', '$', '\\']),
+            "the canned body goes into an nginx string"
+        );
+        Nginx::start(workers, |port| {
+            format!(
+                "  server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      default_type application/json;\n      return 200 '{body}';\n    }}\n  }}\n"
+            )
+        })
+    }
+
     fn start(workers: usize, servers: impl Fn(u16) -> String) -> Nginx {
         require_tool("nginx", "nginx-light");
         let dir = tempfile::tempdir().unwrap();
@@ -584,6 +599,18 @@ pub struct Load {
 
 /// Runs wrk against `http://addr/` with `Host: host`.
 pub fn wrk(addr: SocketAddr, host: &str, load: Load) -> WrkResult {
+    wrk_with(addr, host, "/", load, None)
+}
+
+/// Runs wrk against `http://addr<path>` with `Host: host`, and the Lua
+/// `script` (which may set the method, body and headers) if given.
+pub fn wrk_with(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    load: Load,
+    script: Option<&Path>,
+) -> WrkResult {
     require_tool("wrk", "wrk");
     let secs = load.duration.as_secs().max(1);
     let connections = load.connections.max(1);
@@ -594,7 +621,8 @@ pub fn wrk(addr: SocketAddr, host: &str, load: Load) -> WrkResult {
         .arg(format!("-d{secs}s"))
         .args(["--timeout", "5s", "--latency", "-H"])
         .arg(format!("Host: {host}"))
-        .arg(format!("http://{addr}/"))
+        .args(script.map(|s| format!("--script={}", s.display())))
+        .arg(format!("http://{addr}{path}"))
         .stdin(Stdio::null())
         .output()
         .expect("running wrk");

@@ -40,7 +40,7 @@ use super::super::{BORA, free_port, tail};
 use super::{Args, Table, fmt_duration, fmt_ratio, poll, process_cpu};
 
 /// The model name both servers answer to.
-const MODEL_NAME: &str = "bench";
+pub const MODEL_NAME: &str = "bench";
 
 /// The single-stream and concurrent request: a prompt that makes the model
 /// answer at length (llama.cpp still stops a little before 128 tokens;
@@ -196,7 +196,7 @@ fn run_script(script: &str) -> String {
 }
 
 /// The SmolLM2 GGUF file, fetched into the cache if needed.
-fn fetch_model() -> PathBuf {
+pub fn fetch_model() -> PathBuf {
     let out = run_script("fetch-models.sh");
     let path = out
         .lines()
@@ -587,12 +587,19 @@ impl LlmServer {
     /// `bora engine serve --model model --listen 127.0.0.1:0`, once it
     /// printed its address.
     pub fn bora(model: &Path) -> LlmServer {
+        LlmServer::bora_with(model, "127.0.0.1:0", &[])
+    }
+
+    /// `bora engine serve --model model --listen listen extra…`, once it
+    /// printed its address.
+    pub fn bora_with(model: &Path, listen: &str, extra: &[&str]) -> LlmServer {
         let dir = tempfile::tempdir().unwrap();
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
         let mut child = Command::new(BORA)
             .args(["engine", "serve", "--model"])
             .arg(model)
-            .args(["--listen", "127.0.0.1:0", "--name", MODEL_NAME])
+            .args(["--listen", listen, "--name", MODEL_NAME])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
