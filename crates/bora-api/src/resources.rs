@@ -138,6 +138,10 @@ pub struct Deployment {
     pub spec: ServiceSpec,
     /// The image digest the reference resolved to; instances run exactly this.
     pub image_digest: Option<String>,
+    /// For a `type: model` service: `sha256:…` of the model file, computed
+    /// when the deployment was pulled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_digest: Option<String>,
     pub status: DeploymentStatus,
     /// Why the deployment is in its status (for `failed`: what went wrong).
     pub reason: Option<String>,
@@ -212,6 +216,9 @@ impl InstanceState {
             (Starting, Healthy) => true,
             // A model's process runs, then loads the model.
             (Starting, Loading) | (Loading, Healthy) | (Loading, Draining) => true,
+            // A once-ready model whose process exits while it reloads is
+            // restarted in place again.
+            (Loading, Starting) => true,
             (Healthy, Draining) | (Starting, Draining) => true,
             // A healthy instance whose process exited or kept failing its
             // health checks is restarted in place.
@@ -311,6 +318,33 @@ pub struct LogLine {
     pub line: String,
 }
 
+/// A model service as `GET /v1/model-services` lists it: one line of
+/// `bora models list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ModelService {
+    /// The name clients give as `model` (the service's name).
+    pub name: String,
+    pub app: String,
+    /// `builtin` or `openai-compatible`.
+    pub engine: crate::spec::ModelEngine,
+    /// The model file on the node.
+    pub path: String,
+    /// `sha256:…` of the model file, once pulled.
+    pub digest: Option<String>,
+    /// What its replicas do, in one word: `ready` (at least one serves),
+    /// `loading`, `starting`, `sleeping`, `deploying`, `failed`, `stopped`.
+    pub state: String,
+    /// Replicas serving now.
+    pub ready: u32,
+    /// Replicas that are not stopped or failed.
+    pub total: u32,
+    /// Why the model is in its state (the latest deployment's or a
+    /// replica's reason).
+    pub reason: Option<String>,
+    /// The inference gateway's base URL: `http://<router address>/v1`.
+    pub endpoint: String,
+}
+
 /// A list response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct List<T> {
@@ -342,6 +376,11 @@ mod tests {
         assert!(Standby.can_become(Starting));
         assert!(Standby.can_become(Stopped));
         assert!(!Standby.can_become(Healthy));
+        // Models load before they are ready, and reload after a restart.
+        assert!(Starting.can_become(Loading));
+        assert!(Loading.can_become(Healthy));
+        assert!(Loading.can_become(Starting));
+        assert!(!Loading.can_become(Pending));
     }
 
     #[test]

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use bora_api::{
-    ApiErrorBody, App, CreateSecret, Deployment, Event, ExecRequest, Instance, List, NewSandbox,
-    Sandbox, SandboxTimeout, Secret, Service, ServiceSpec,
+    ApiErrorBody, App, CreateSecret, Deployment, Event, ExecRequest, Instance, List, ModelService,
+    NewSandbox, Sandbox, SandboxTimeout, Secret, Service, ServiceSpec,
 };
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 use serde::Serialize;
@@ -13,6 +13,10 @@ use serde::de::DeserializeOwned;
 
 use crate::discovery::Target;
 use crate::error::CliError;
+
+mod inference;
+
+pub use inference::{AuditPage, RequestQuery};
 
 /// How long a connection may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -79,6 +83,11 @@ impl ApiClient {
     pub async fn get_service(&self, app: &str, service: &str) -> Result<Service, CliError> {
         self.get(&["v1", "apps", app, "services", service], &[])
             .await
+    }
+
+    /// The model services, with their replicas' state.
+    pub async fn list_model_services(&self) -> Result<List<ModelService>, CliError> {
+        self.get(&["v1", "model-services"], &[]).await
     }
 
     pub async fn delete_service(&self, app: &str, service: &str) -> Result<(), CliError> {

@@ -127,6 +127,11 @@ pub enum CliError {
     )]
     EmptySecret { name: String },
 
+    /// Command-line flags that make an invalid definition (checked with the
+    /// API's rules before anything is sent).
+    #[error("{0}")]
+    InvalidFlags(String),
+
     /// A service argument is malformed.
     #[error("invalid service {input:?}: {reason}; expected APP/SERVICE or SERVICE")]
     InvalidServiceRef { input: String, reason: String },
@@ -208,6 +213,12 @@ pub enum CliError {
     /// `bora sandboxes exec`: the command's stream was cut short.
     #[error("{message} (the command's exit status is unknown)")]
     ExecLost { message: String },
+
+    /// A `--since`/`--until` that is neither a duration nor a time.
+    #[error(
+        "invalid {flag} {value:?}: give a duration meaning that long ago (24h, 30m, 7d) or an RFC 3339 time (2026-01-02T15:04:05Z)"
+    )]
+    InvalidTime { flag: &'static str, value: String },
 
     /// Writing the output failed.
     #[error("cannot write output: {0}")]

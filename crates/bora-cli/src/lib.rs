@@ -1,6 +1,6 @@
 //! The `bora` command-line client: the commands that talk to Bora's REST API
-//! (`deploy`, `apps`, `services`, `deployments`, `instances`, `logs`,
-//! `secrets`, `events`, `sandboxes`).
+//! (`deploy`, `apps`, `services`, `deployments`, `instances`, `logs`, `models`,
+//! `secrets`, `events`, `sandboxes`, `keys`, `usage`, `audit`).
 //!
 //! The `bora` binary owns the top-level parser (it also has `bora server`);
 //! it flattens [`GlobalOpts`] and [`ClientCommand`] into it and calls [`run`]:
@@ -57,14 +57,18 @@ pub mod refs;
 pub mod terminal;
 
 pub use commands::apps::AppsCommand;
+pub use commands::audit::{AuditCommand, ExportArgs};
 pub use commands::deploy::DeployArgs;
 pub use commands::deployments::DeploymentsCommand;
 pub use commands::events::EventsArgs;
 pub use commands::instances::InstancesCommand;
+pub use commands::keys::{CreateKeyArgs, KeysCommand};
 pub use commands::logs::LogsArgs;
+pub use commands::models::{ModelDeployArgs, ModelsCommand};
 pub use commands::sandboxes::SandboxesCommand;
 pub use commands::secrets::SecretsCommand;
 pub use commands::services::ServicesCommand;
+pub use commands::usage::UsageArgs;
 pub use error::CliError;
 pub use output::OutputFormat;
 pub use terminal::{Captured, Terminal};
@@ -118,6 +122,10 @@ pub enum ClientCommand {
     Instances(InstancesCommand),
     /// Show (and follow) the logs of a service's instances.
     Logs(LogsArgs),
+    /// Deploy and list models (`type: model` services), served through the
+    /// inference gateway.
+    #[command(subcommand, visible_alias = "model")]
+    Models(ModelsCommand),
     /// Create, update, list and delete secrets.
     #[command(subcommand)]
     Secrets(SecretsCommand),
@@ -126,6 +134,15 @@ pub enum ClientCommand {
     /// Create sandboxes for AI agents, run commands and copy files in them.
     #[command(subcommand, visible_aliases = ["sandbox", "sbx"])]
     Sandboxes(SandboxesCommand),
+    /// Create, list and revoke inference keys (for the gateway's
+    /// OpenAI-compatible API).
+    #[command(subcommand, visible_alias = "key")]
+    Keys(KeysCommand),
+    /// Requests, errors and tokens per inference key and model.
+    Usage(UsageArgs),
+    /// Export the inference gateway's request records.
+    #[command(subcommand)]
+    Audit(AuditCommand),
 }
 
 /// `bora <client command>` on its own: the global options and one command.

@@ -226,6 +226,21 @@ impl Row for Service {
     }
 }
 
+impl Row for bora_api::ModelService {
+    const HEADER: &'static [&'static str] =
+        &["NAME", "APP", "ENGINE", "STATE", "READY", "ENDPOINT"];
+    fn cells(&self, _now: DateTime<Utc>) -> Vec<String> {
+        vec![
+            self.name.clone(),
+            self.app.clone(),
+            self.engine.to_string(),
+            self.state.clone(),
+            format!("{}/{}", self.ready, self.total),
+            self.endpoint.clone(),
+        ]
+    }
+}
+
 impl Fields for Service {
     fn fields(&self, _now: DateTime<Utc>) -> Vec<(&'static str, String)> {
         let mut fields = vec![
@@ -308,6 +323,16 @@ impl Fields for Deployment {
             ("Image", spec.image.clone()),
             ("Digest", or_dash(self.image_digest.as_deref())),
             ("Type", spec.kind.to_string()),
+            (
+                "Model",
+                or_dash(
+                    spec.model
+                        .as_ref()
+                        .map(|m| format!("{} ({})", m.path, m.engine))
+                        .as_deref(),
+                ),
+            ),
+            ("Model digest", or_dash(self.model_digest.as_deref())),
             ("Ports", or_dash(Some(&ports))),
             ("Instance type", serde_name(&spec.instance_type)),
             ("Isolation", spec.isolation.to_string()),

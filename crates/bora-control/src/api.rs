@@ -16,12 +16,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bora_api::{
-    ApiErrorBody, App, CreateSecret, Deployment, ENVD_PORT, ErrorCode, Event, ExecEvent,
-    ExecRequest, Instance, List, LogLine, NewSandbox, Sandbox, SandboxState, SandboxTimeout,
-    Secret, Service, ServiceSpec,
+    ApiErrorBody, App, CreateKeyRequest, CreateSecret, CreatedKey, Deployment, ENVD_PORT,
+    ErrorCode, Event, ExecEvent, ExecRequest, InferenceKey, Instance, List, LogLine, NewSandbox,
+    RequestRecord, Sandbox, SandboxState, SandboxTimeout, Secret, Service, ServiceSpec, UsageRow,
 };
 use bora_node::logs::{Follower, LogRecord};
 use bora_store::{DeploymentFilter, InstanceFilter};
+use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use utoipa::OpenApi;
@@ -79,9 +80,11 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
         list_deployments, get_deployment, delete_deployment, list_instances, get_instance, delete_instance,
         list_secrets, create_secret, update_secret, delete_secret, service_logs, list_events,
         create_sandbox, list_sandboxes, get_sandbox, kill_sandbox, set_sandbox_timeout,
-        pause_sandbox, resume_sandbox, exec_in_sandbox, read_sandbox_file, write_sandbox_file
+        pause_sandbox, resume_sandbox, exec_in_sandbox, read_sandbox_file, write_sandbox_file,
+        crate::models::list_model_services,
+        create_key, list_keys, revoke_key, usage, audit
     ),
-    components(schemas(ApiErrorBody, LogLine, ExecEvent)),
+    components(schemas(ApiErrorBody, LogLine, ExecEvent, AuditPage)),
     modifiers(&BearerAuth),
     security(("token" = []))
 )]
@@ -129,6 +132,7 @@ pub fn router(state: ApiState) -> Router {
             axum::routing::put(update_secret).delete(delete_secret),
         )
         .route("/events", get(list_events))
+        .route("/model-services", get(crate::models::list_model_services))
         .route("/sandboxes", get(list_sandboxes).post(create_sandbox))
         .route("/sandboxes/{id}", get(get_sandbox).delete(kill_sandbox))
         .route(
@@ -145,6 +149,10 @@ pub fn router(state: ApiState) -> Router {
             "/sandboxes/{id}/files",
             get(read_sandbox_file).put(write_sandbox_file),
         )
+        .route("/keys", get(list_keys).post(create_key))
+        .route("/keys/{key}", axum::routing::delete(revoke_key))
+        .route("/usage", get(usage))
+        .route("/audit", get(audit))
         .route("/openapi.json", get(openapi))
         .fallback(|| async {
             ApiError(
@@ -824,6 +832,170 @@ async fn list_events(
     Ok(Json(List { items }))
 }
 
+/// Creates an inference key. The answer holds its secret, which is shown
+/// this once and never again.
+#[utoipa::path(
+    post, path = "/v1/keys", request_body = CreateKeyRequest,
+    responses((status = 201, body = CreatedKey), (status = 400, body = ApiErrorBody), (status = 409, body = ApiErrorBody))
+)]
+async fn create_key(
+    State(s): State<ApiState>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<CreatedKey>)> {
+    let req: CreateKeyRequest = parse_body(&body)?;
+    Ok((StatusCode::CREATED, Json(s.ctl.create_key(req)?)))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct KeyQuery {
+    /// Include revoked keys.
+    #[serde(default)]
+    all: bool,
+}
+
+/// Inference keys, oldest first (never their secrets).
+#[utoipa::path(get, path = "/v1/keys", params(KeyQuery), responses((status = 200, body = List<InferenceKey>)))]
+async fn list_keys(
+    State(s): State<ApiState>,
+    Query(q): Query<KeyQuery>,
+) -> ApiResult<Json<List<InferenceKey>>> {
+    Ok(Json(List {
+        items: s.ctl.keys(q.all)?,
+    }))
+}
+
+/// Revokes an inference key, named by its id or its name.
+#[utoipa::path(delete, path = "/v1/keys/{key}", responses((status = 200, body = InferenceKey), (status = 404, body = ApiErrorBody)))]
+async fn revoke_key(
+    State(s): State<ApiState>,
+    Path(key): Path<String>,
+) -> ApiResult<Json<InferenceKey>> {
+    Ok(Json(s.ctl.revoke_key(&key)?))
+}
+
+/// A time in a query: a duration meaning that long ago (`24h`, `30m`), or
+/// an RFC 3339 time (`2026-01-02T15:04:05Z`).
+pub fn parse_time_bound(
+    param: &str,
+    value: &str,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, ControlError> {
+    let invalid = || {
+        ControlError::Invalid(format!(
+            "`{param}` is {value:?}: give a duration meaning that long ago (24h, 30m, 7d) or an RFC 3339 time (2026-01-02T15:04:05Z)"
+        ))
+    };
+    if let Ok(ago) = value.parse::<bora_api::Duration>() {
+        let ago = chrono::TimeDelta::from_std(ago.get()).map_err(|_| invalid())?;
+        return now.checked_sub_signed(ago).ok_or_else(invalid);
+    }
+    DateTime::parse_from_rfc3339(value.trim())
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| invalid())
+}
+
+fn time_bound(
+    param: &str,
+    value: &Option<String>,
+    now: DateTime<Utc>,
+) -> ApiResult<Option<DateTime<Utc>>> {
+    Ok(value
+        .as_deref()
+        .filter(|v| !v.is_empty())
+        .map(|v| parse_time_bound(param, v, now))
+        .transpose()?)
+}
+
+fn non_empty(value: &Option<String>) -> Option<&str> {
+    value.as_deref().filter(|v| !v.is_empty())
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct UsageQuery {
+    /// Only this key (its id or name).
+    key: Option<String>,
+    /// Only this model.
+    model: Option<String>,
+    /// Only requests since then: a duration meaning that long ago (`24h`)
+    /// or an RFC 3339 time. All requests when absent.
+    since: Option<String>,
+}
+
+/// Requests, errors and tokens per key and model.
+#[utoipa::path(
+    get, path = "/v1/usage", params(UsageQuery),
+    responses((status = 200, body = List<UsageRow>), (status = 400, body = ApiErrorBody))
+)]
+async fn usage(
+    State(s): State<ApiState>,
+    Query(q): Query<UsageQuery>,
+) -> ApiResult<Json<List<UsageRow>>> {
+    let since = time_bound("since", &q.since, Utc::now())?;
+    let items = s.ctl.usage(&bora_store::UsageFilter {
+        key: non_empty(&q.key),
+        model: non_empty(&q.model),
+        since,
+    })?;
+    Ok(Json(List { items }))
+}
+
+/// A page of the audit trail.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    /// Request records, oldest first.
+    pub items: Vec<RequestRecord>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next: Option<String>,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct AuditQuery {
+    /// Requests that arrived at or after: a duration meaning that long ago
+    /// (`24h`) or an RFC 3339 time.
+    since: Option<String>,
+    /// Requests that arrived before: a duration meaning that long ago or an
+    /// RFC 3339 time.
+    until: Option<String>,
+    /// Only this key (its id or name).
+    key: Option<String>,
+    /// Only this model.
+    model: Option<String>,
+    /// The cursor: the `next` of the previous page.
+    after: Option<String>,
+    /// At most this many records (default 1000, at most 10000).
+    limit: Option<usize>,
+}
+
+/// The audit trail: a record of every request the inference gateway
+/// answered, in the order written, a page at a time.
+#[utoipa::path(
+    get, path = "/v1/audit", params(AuditQuery),
+    responses((status = 200, body = AuditPage), (status = 400, body = ApiErrorBody))
+)]
+async fn audit(
+    State(s): State<ApiState>,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Json<AuditPage>> {
+    let now = Utc::now();
+    let after = match non_empty(&q.after) {
+        None => None,
+        Some(after) => Some(after.parse::<i64>().map_err(|_| {
+            ControlError::Invalid(format!(
+                "`after` is {after:?}: pass the `next` of the previous page as it was given"
+            ))
+        })?),
+    };
+    let (items, next) = s.ctl.audit(&bora_store::RequestFilter {
+        since: time_bound("since", &q.since, now)?,
+        until: time_bound("until", &q.until, now)?,
+        key: non_empty(&q.key),
+        model: non_empty(&q.model),
+        after,
+        limit: q.limit.unwrap_or(1000),
+    })?;
+    Ok(Json(AuditPage { items, next }))
+}
+
 /// Prometheus text exposition of the router's and the controller's metrics.
 async fn metrics(State(s): State<ApiState>) -> Result<impl IntoResponse, ApiError> {
     let mut text = String::new();
@@ -865,6 +1037,57 @@ mod tests {
             states.contains("sleeping") && states.contains("standby"),
             "{states}"
         );
+    }
+
+    #[test]
+    fn the_openapi_document_covers_keys_usage_and_audit() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let paths = &doc["paths"];
+        assert!(paths["/v1/keys"]["post"].is_object(), "{paths}");
+        assert!(paths["/v1/keys"]["get"].is_object(), "{paths}");
+        assert!(paths["/v1/keys/{key}"]["delete"].is_object(), "{paths}");
+        assert!(paths["/v1/usage"]["get"].is_object(), "{paths}");
+        assert!(paths["/v1/audit"]["get"].is_object(), "{paths}");
+        let schemas = &doc["components"]["schemas"];
+        for name in [
+            "CreateKeyRequest",
+            "CreatedKey",
+            "InferenceKey",
+            "UsageRow",
+            "RequestRecord",
+            "AuditPage",
+        ] {
+            assert!(schemas[name].is_object(), "schema {name} missing");
+        }
+    }
+
+    #[test]
+    fn time_bounds_are_durations_ago_or_rfc3339_times() {
+        let now: DateTime<Utc> = "2026-03-01T12:00:00Z".parse().unwrap();
+        let at = |v: &str| parse_time_bound("since", v, now);
+        assert_eq!(
+            at("24h").unwrap(),
+            "2026-02-28T12:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        assert_eq!(
+            at("30m").unwrap(),
+            "2026-03-01T11:30:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        assert_eq!(
+            at("7d").unwrap(),
+            "2026-02-22T12:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        assert_eq!(
+            at("2026-01-02T03:04:05+01:00").unwrap(),
+            "2026-01-02T02:04:05Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        for bad in ["yesterday", "5", "2026-01-02", ""] {
+            let err = at(bad).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("`since` is {bad:?}: give a duration")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

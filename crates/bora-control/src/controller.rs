@@ -13,7 +13,7 @@ use bora_api::{
 };
 use bora_image::{Image, PullOptions};
 use bora_node::health::Prober;
-use bora_node::{InstanceSpec, InstanceStatus, Node};
+use bora_node::{InstanceSpec, InstanceStatus, Node, Root};
 use bora_router::{Backend, Route, RouteTable, Router, SandboxRoute, ServiceRoutes};
 use bora_store::{DeploymentFilter, InstanceFilter, Store};
 use tokio::sync::{Notify, mpsc};
@@ -68,8 +68,9 @@ pub struct Controller {
     /// Warm sandboxes, ready to be claimed.
     pub(crate) pools: crate::pool::Pools,
     /// Held while a route table is built and handed to the router, so that
-    /// a table read from the store earlier never replaces a newer one.
-    publishing: Mutex<()>,
+    /// a table read from the store earlier never replaces a newer one
+    /// (the inference keys too, see `keys`).
+    pub(crate) publishing: Mutex<()>,
 }
 
 impl Controller {
@@ -140,6 +141,7 @@ impl Controller {
             )));
         }
         self.check_secrets(&spec)?;
+        self.check_model_name(app, &spec)?;
         let deployment = self.store.create_deployment(app, &spec)?;
         tracing::info!(app, service = %spec.name, deployment = %deployment.id, version = deployment.version, "deployment created");
         self.spawn_rollout(deployment.id.clone());
@@ -225,12 +227,13 @@ impl Controller {
             .map_err(|e| e.to_string())
     }
 
-    /// What to start for one instance of `d`.
+    /// What to start for one instance of `d`, on `root` (see
+    /// [`Controller::instance_root`]).
     pub(crate) fn instance_spec(
         &self,
         d: &Deployment,
         instance: &str,
-        image: Image,
+        root: Root,
     ) -> Result<InstanceSpec, String> {
         let mut env = Vec::new();
         for (name, value) in &d.spec.env {
@@ -243,20 +246,36 @@ impl Controller {
             env.push((name.clone(), value));
         }
         // Like Koyeb and Heroku, tell the process which port to listen on.
-        if let Some(p) = d.spec.ports.first()
+        let port = match crate::models::engine_of(&d.spec) {
+            Some(_) => Some(crate::models::api_port(&d.spec)),
+            None => d.spec.ports.first().map(|p| p.port),
+        };
+        if let Some(port) = port
             && !d.spec.env.contains_key("PORT")
         {
-            env.push(("PORT".into(), p.port.to_string()));
+            env.push(("PORT".into(), port.to_string()));
+        }
+        let (mut command, mut user) = (d.spec.command.clone(), None);
+        if let Some(model) = &d.spec.model {
+            let inside = crate::models::path_in_container(&model.path);
+            if crate::models::is_builtin(&d.spec) {
+                command = Some(crate::models::builtin_command(&d.spec, &inside));
+                user = Some((bora_node::NOBODY, bora_node::NOBODY));
+            } else if !d.spec.env.contains_key(crate::models::MODEL_PATH_ENV) {
+                env.push((crate::models::MODEL_PATH_ENV.into(), inside));
+            }
         }
         Ok(InstanceSpec {
             id: instance.to_string(),
-            image,
-            command: d.spec.command.clone(),
+            root,
+            command,
             args: d.spec.args.clone(),
             env,
             limits: d.spec.instance_type.limits(),
             isolation: d.spec.isolation,
             hostname: format!("{}-{}", d.spec.name, &instance[..8.min(instance.len())]),
+            mounts: crate::models::replica_mounts(self, d),
+            user,
         })
     }
 
@@ -437,21 +456,11 @@ impl Controller {
                 continue;
             };
             let d = self.store.get_deployment(active)?;
+            // Models are reached through the gateway only (`models` below).
             if d.spec.kind != ServiceType::Web {
                 continue;
             }
-            let backends = self
-                .live_instances(active)?
-                .into_iter()
-                .filter(|i| i.state == InstanceState::Healthy)
-                .filter_map(|i| {
-                    let ip: IpAddr = i.ip.as_deref()?.parse().ok()?;
-                    Some(Backend {
-                        instance_id: i.id,
-                        ip,
-                    })
-                })
-                .collect();
+            let backends = self.healthy_backends(active)?;
             services.push(ServiceRoutes {
                 app: svc.app.clone(),
                 service: svc.name.clone(),
@@ -477,9 +486,24 @@ impl Controller {
         Ok(RouteTable {
             services,
             sandboxes,
-            // Model services: filled in by the model-service work.
-            models: Vec::new(),
+            models: self.model_routes()?,
         })
+    }
+
+    /// The healthy instances of a deployment, as the router reaches them.
+    pub(crate) fn healthy_backends(&self, deployment: &str) -> Result<Vec<Backend>, ControlError> {
+        Ok(self
+            .live_instances(deployment)?
+            .into_iter()
+            .filter(|i| i.state == InstanceState::Healthy)
+            .filter_map(|i| {
+                let ip: IpAddr = i.ip.as_deref()?.parse().ok()?;
+                Some(Backend {
+                    instance_id: i.id,
+                    ip,
+                })
+            })
+            .collect())
     }
 
     /// Where users reach a web service.
@@ -669,6 +693,7 @@ impl Controller {
                 (
                     InstanceState::Healthy
                     | InstanceState::Starting
+                    | InstanceState::Loading
                     | InstanceState::Draining
                     | InstanceState::Sleeping,
                     true,
@@ -725,7 +750,8 @@ impl Controller {
             let d = self.store.get_deployment(active)?;
             // The autoscaler keeps autoscaled services at their count.
             if d.status != DeploymentStatus::Healthy
-                || (d.spec.kind == ServiceType::Web && d.spec.scaling.is_autoscaled())
+                || (matches!(d.spec.kind, ServiceType::Web | ServiceType::Model)
+                    && d.spec.scaling.is_autoscaled())
                 || self.rollout_running(active)
             {
                 continue;

@@ -1,4 +1,5 @@
-//! Rolling out one deployment: pull and pin the image, start its instances,
+//! Rolling out one deployment: pull and pin the image (for a model, check
+//! the model file and record its digest), start its instances,
 //! wait for their health checks, shift traffic, then drain and stop the
 //! deployment it replaces. If its instances never become healthy, the
 //! deployment fails with the reason and the previous one keeps serving.
@@ -51,8 +52,30 @@ async fn rollout(ctl: &Arc<Controller>, id: &str) -> Result<(), ControlError> {
         return Ok(());
     }
 
-    // 1. Pull and pin the image.
-    if d.image_digest.is_none() {
+    // 1. A model: check its file and record its digest.
+    if let Some(model) = &d.spec.model
+        && d.model_digest.is_none()
+    {
+        set(
+            ctl,
+            id,
+            DeploymentStatus::Pulling,
+            &format!("checking model file {}", model.path),
+        )?;
+        match crate::models::pull_model(model.path.clone(), model.engine).await {
+            Ok(digest) => {
+                tracing::info!(deployment = %id, path = %model.path, %digest, "model file checked");
+                d = ctl.store.set_deployment_model(id, &digest)?;
+            }
+            Err(reason) => {
+                set(ctl, id, DeploymentStatus::Failed, &reason)?;
+                return Ok(());
+            }
+        }
+    }
+
+    // 2. Pull and pin the image (a built-in model has none).
+    if d.image_digest.is_none() && !crate::models::is_builtin(&d.spec) {
         set(
             ctl,
             id,
@@ -98,7 +121,7 @@ async fn rollout(ctl: &Arc<Controller>, id: &str) -> Result<(), ControlError> {
         return Ok(());
     }
 
-    // 2. Start the instances the deployment still needs: at least one (a
+    // 3. Start the instances the deployment still needs: at least one (a
     // `min: 0` service proves it works before it may sleep), and as many as
     // the deployment it replaces serves now, so a rollout under load keeps
     // its capacity.
@@ -109,11 +132,14 @@ async fn rollout(ctl: &Arc<Controller>, id: &str) -> Result<(), ControlError> {
         DeploymentStatus::Starting,
         &format!(
             "starting {want} instance(s) of {}",
-            d.image_digest.as_deref().unwrap_or("?")
+            d.image_digest
+                .as_deref()
+                .or(d.model_digest.as_deref())
+                .unwrap_or("?")
         ),
     )?;
 
-    // 3. Wait until all are healthy, one fails, or a newer deployment wins.
+    // 4. Wait until all are healthy, one fails, or a newer deployment wins.
     loop {
         let notified = ctl.changed.notified();
         let all = ctl.store.list_instances(&InstanceFilter {
@@ -157,7 +183,7 @@ async fn rollout(ctl: &Arc<Controller>, id: &str) -> Result<(), ControlError> {
         let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
     }
 
-    // 4. Shift traffic, then say so (a client waiting for `healthy` must
+    // 5. Shift traffic, then say so (a client waiting for `healthy` must
     // find the new deployment routed), then retire the previous ones.
     ctl.store.set_active_deployment(id)?;
     ctl.publish_routes();

@@ -1,4 +1,4 @@
-//! The autoscaling loop. Once a tick, for each autoscaled web service (its
+//! The autoscaling loop. Once a tick, for each autoscaled web or model service (its
 //! active deployment has `min < max` or `min: 0`): read what the router and
 //! the cgroups measured since the last tick, ask the service's
 //! [`Autoscaler`] (pure decision logic, in `bora-autoscale`) for a
@@ -101,6 +101,7 @@ impl<'a> Pool<'a> {
                 InstanceState::Pending,
                 InstanceState::Pulling,
                 InstanceState::Starting,
+                InstanceState::Loading,
             ]),
             sleeping: pick(&[InstanceState::Sleeping]),
             standby: pick(&[InstanceState::Standby]),
@@ -120,7 +121,9 @@ impl Scaler {
                 continue;
             };
             let d = ctl.store.get_deployment(active)?;
-            if d.spec.kind != ServiceType::Web
+            // Model services scale like web services: the gateway counts
+            // their requests under their app and service.
+            if !matches!(d.spec.kind, ServiceType::Web | ServiceType::Model)
                 || !d.spec.scaling.is_autoscaled()
                 || d.status != DeploymentStatus::Healthy
                 || ctl.rollout_running(active)

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use crate::ControlError;
 use crate::api::{self, ApiState};
 use crate::controller::{Controller, ControllerConfig};
+use crate::records::{RecordWriter, RecorderConfig};
 
 /// Everything `bora server` can be told.
 #[derive(Debug, Clone)]
@@ -43,6 +44,9 @@ pub struct ServerConfig {
     pub envd_binary: PathBuf,
     /// Warm sandbox pools to keep full (`--sandbox-pool base=4`).
     pub sandbox_pools: Vec<crate::pool::PoolSpec>,
+    /// Whether the inference gateway's request records keep the prompt and
+    /// the completion (`--retain-content`); off: zero retention.
+    pub retain_content: bool,
 }
 
 /// A running server.
@@ -50,6 +54,8 @@ pub struct ServerHandle {
     pub api_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub controller: Arc<Controller>,
+    /// The inference gateway's recorder.
+    pub records: Arc<RecordWriter>,
     shutdown: watch::Sender<bool>,
     _lock: nix::fcntl::Flock<fs::File>,
 }
@@ -59,6 +65,12 @@ impl ServerHandle {
     /// server on this data directory.
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
+    }
+
+    /// Writes the request records still queued; call it after
+    /// [`ServerHandle::shutdown`], before the process exits.
+    pub async fn flush_records(&self) {
+        self.records.flush().await;
     }
 }
 
@@ -158,8 +170,17 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ControlError> {
     let router = Router::new(RouterConfig {
         hold_timeout: config.hold_timeout,
         max_held: config.max_held,
+        retain_content: config.retain_content,
         ..RouterConfig::new(config.domain.clone())
     });
+    let records = RecordWriter::start(
+        store.clone(),
+        RecorderConfig {
+            retain_content: config.retain_content,
+            ..RecorderConfig::default()
+        },
+    );
+    router.set_recorder(records.clone());
     tokio::spawn(
         router
             .clone()
@@ -181,6 +202,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ControlError> {
             sandbox_pools: config.sandbox_pools.clone(),
         },
     );
+    controller.publish_keys()?;
     controller.recover().await?;
     controller.recover_sandboxes().await;
     tokio::spawn(controller.clone().reconcile_forever());
@@ -190,6 +212,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ControlError> {
 
     let mut metrics = prometheus_client::registry::Registry::default();
     controller.register_metrics(&mut metrics);
+    records.register_metrics(&mut metrics);
     let app = api::router(ApiState {
         ctl: controller.clone(),
         token: token.into(),
@@ -212,6 +235,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ControlError> {
         api_addr,
         http_addr,
         controller,
+        records,
         shutdown,
         _lock: lock,
     })

@@ -6,6 +6,10 @@
 //! exits or fails `restart_limit` checks in a row is restarted in place,
 //! with exponential back-off.
 //!
+//! A model (`type: model`) is `loading` from the moment its process runs
+//! until its readiness check (`GET /v1/models`) passes, probed every
+//! 100 ms however long that takes; only its exit fails it.
+//!
 //! Light sleep: on [`Command::Sleep`] a healthy instance is frozen and leaves
 //! the route table; on [`Command::Wake`] it is thawed, probed tightly until
 //! its check passes, and routed again. One that fails to wake is restarted.
@@ -75,6 +79,9 @@ pub enum Mode {
 /// Health-check timing, with Bora's defaults for services without a check.
 struct Checks {
     probe: Option<Probe>,
+    /// For a model: the reason of its `loading` state. A model is probed
+    /// until it is ready however long it loads; only its exit fails it.
+    loading: Option<String>,
     grace: Duration,
     interval: Duration,
     timeout: Duration,
@@ -92,11 +99,25 @@ impl Checks {
             restart_limit: 3,
         };
         let hc = d.spec.health_check.as_ref().unwrap_or(&default);
-        Checks {
-            probe: Probe::for_service(
-                d.spec.health_check.as_ref(),
-                d.spec.ports.first().map(|p| p.port),
+        let (probe, loading) = match &d.spec.model {
+            Some(model) => (
+                Some(crate::models::probe(&d.spec)),
+                Some(format!(
+                    "loading model {}",
+                    crate::models::path_in_container(&model.path)
+                )),
             ),
+            None => (
+                Probe::for_service(
+                    d.spec.health_check.as_ref(),
+                    d.spec.ports.first().map(|p| p.port),
+                ),
+                None,
+            ),
+        };
+        Checks {
+            probe,
+            loading,
             grace: hc.grace_period.get(),
             interval: hc.interval.get(),
             timeout: hc.timeout.get(),
@@ -365,9 +386,21 @@ fn instance_state(ctl: &Controller, id: &str) -> Option<InstanceState> {
 
 fn describe_pass(checks: &Checks) -> String {
     match &checks.probe {
+        Some(Probe::Http { port, path }) if checks.loading.is_some() => {
+            format!("model ready: GET {path} on port {port} answered")
+        }
         Some(Probe::Http { port, path }) => format!("http check GET {path} on port {port} passed"),
         Some(Probe::Tcp { port }) => format!("tcp check on port {port} passed"),
         None => "running (no ports to check)".into(),
+    }
+}
+
+/// The reason of an instance's `pulling` state.
+fn loading_root(d: &Deployment) -> String {
+    if crate::models::is_builtin(&d.spec) {
+        "setting up the built-in engine (the node's bora binary, read-only)".to_string()
+    } else {
+        format!("loading image {}", d.spec.image)
     }
 }
 
@@ -375,12 +408,9 @@ fn describe_pass(checks: &Checks) -> String {
 /// container. Returns the instance's address, or why it could not start.
 async fn start(ctl: &Arc<Controller>, d: &Deployment, id: &str) -> Result<IpAddr, String> {
     let step = |to, reason: &str| ctl.transition(id, to, reason).map_err(|e| e.to_string());
-    step(
-        InstanceState::Pulling,
-        &format!("loading image {}", d.spec.image),
-    )?;
-    let image = ctl.deployment_image(d)?;
-    let spec = ctl.instance_spec(d, id, image)?;
+    step(InstanceState::Pulling, &loading_root(d))?;
+    let root = ctl.instance_root(d)?;
+    let spec = ctl.instance_spec(d, id, root)?;
     let ip = ctl.node.start(&spec).await.map_err(|e| e.to_string())?;
     ctl.store
         .set_instance_ip(id, Some(&ip.to_string()))
@@ -394,14 +424,10 @@ async fn start(ctl: &Arc<Controller>, d: &Deployment, id: &str) -> Result<IpAddr
 
 /// pending → pulling → standby: sets the instance up without starting it.
 async fn prepare(ctl: &Arc<Controller>, d: &Deployment, id: &str) -> Result<IpAddr, String> {
-    ctl.transition(
-        id,
-        InstanceState::Pulling,
-        &format!("loading image {}", d.spec.image),
-    )
-    .map_err(|e| e.to_string())?;
-    let image = ctl.deployment_image(d)?;
-    let spec = ctl.instance_spec(d, id, image)?;
+    ctl.transition(id, InstanceState::Pulling, &loading_root(d))
+        .map_err(|e| e.to_string())?;
+    let root = ctl.instance_root(d)?;
+    let spec = ctl.instance_spec(d, id, root)?;
     let ip = ctl.node.prepare(&spec).await.map_err(|e| e.to_string())?;
     ctl.store
         .set_instance_ip(id, Some(&ip.to_string()))
@@ -454,9 +480,16 @@ async fn wait_healthy(
     rx: &mut mpsc::UnboundedReceiver<Command>,
 ) -> Outcome {
     let started = Instant::now();
+    if let Some(reason) = &checks.loading
+        && instance_state(ctl, id) == Some(InstanceState::Starting)
+        && not_running(ctl, id).is_none()
+        && let Err(e) = ctl.transition(id, InstanceState::Loading, reason)
+    {
+        return Outcome::Failed(format!("recording its loading state: {e}"));
+    }
     // Every 2 ms for the first seconds (a cold start waking a service is
     // on the hot path, and a refused connection costs microseconds), then
-    // every 100 ms.
+    // every 100 ms. A loading model: every 100 ms, as long as it takes.
     loop {
         if let Ok(cmd) = rx.try_recv() {
             match unless_wake(cmd) {
@@ -475,18 +508,23 @@ async fn wait_healthy(
             Ok(()) => return Outcome::Healthy,
             Err(e) => e,
         };
-        if started.elapsed() > checks.startup_deadline() {
+        if checks.loading.is_none() && started.elapsed() > checks.startup_deadline() {
             return Outcome::Failed(format!(
                 "never became healthy within {}: {last_error}",
                 humanize(checks.startup_deadline())
             ));
         }
+        let pause = if checks.loading.is_some() {
+            Duration::from_millis(100)
+        } else {
+            probe_pause(started.elapsed())
+        };
         tokio::select! {
             cmd = rx.recv() => match cmd.and_then(unless_wake) {
                 None | Some(Command::Sleep(_)) => {}
                 Some(cmd) => return Outcome::Command(cmd),
             },
-            _ = sleep(probe_pause(started.elapsed())) => {}
+            _ = sleep(pause) => {}
         }
     }
 }
@@ -569,8 +607,8 @@ async fn restart(
         }
         *backoff = (*backoff * 2).min(Duration::from_secs(60));
         let started = async {
-            let image = ctl.deployment_image(d)?;
-            let spec = ctl.instance_spec(d, id, image)?;
+            let root = ctl.instance_root(d)?;
+            let spec = ctl.instance_spec(d, id, root)?;
             ctl.node.start(&spec).await.map_err(|e| e.to_string())
         };
         match started.await {
@@ -614,7 +652,12 @@ async fn finish(
     if drain
         && matches!(
             state,
-            Some(InstanceState::Healthy | InstanceState::Starting | InstanceState::Sleeping)
+            Some(
+                InstanceState::Healthy
+                    | InstanceState::Starting
+                    | InstanceState::Loading
+                    | InstanceState::Sleeping
+            )
         )
     {
         ctl.transition(id, InstanceState::Draining, reason)?;

@@ -226,7 +226,10 @@ impl Controller {
 fn is_coming(i: &Instance) -> bool {
     matches!(
         i.state,
-        InstanceState::Pending | InstanceState::Pulling | InstanceState::Starting
+        InstanceState::Pending
+            | InstanceState::Pulling
+            | InstanceState::Starting
+            | InstanceState::Loading
     )
 }
 

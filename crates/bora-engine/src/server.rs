@@ -169,15 +169,34 @@ impl Server {
 }
 
 /// Loads the models, listens, prints `bora engine: listening on
-/// http://ADDR` once bound, and serves until Ctrl-C.
+/// http://ADDR` once bound, and serves until Ctrl-C or SIGTERM.
 pub async fn serve(opts: ServeOptions) -> Result<()> {
     let server = Server::bind(opts).await?;
     println!("bora engine: listening on http://{}", server.local_addr());
-    server
-        .run(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
+    server.run(shutdown_signal()).await
+}
+
+/// Completes on Ctrl-C (SIGINT) or SIGTERM. Run as a container's first
+/// process, the engine must handle SIGTERM itself: the kernel ignores a
+/// signal PID 1 has no handler for, and the instance would be killed only
+/// after its stop grace.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
 }
 
 fn router(state: Shared) -> Router {

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 
 use bora_api::names::{self, NameError};
 use bora_api::{
-    EnvValue, HealthCheckSpec, Protocol, RouteSpec, ServiceSpec, ServiceType, SleepMode,
+    EnvValue, HealthCheckSpec, ModelEngine, Protocol, RouteSpec, ServiceSpec, ServiceType,
+    SleepMode,
 };
 
 use crate::error::Violation;
@@ -153,7 +154,10 @@ pub(crate) fn check_service(spec: &ServiceSpec) -> Vec<Finding> {
     let root = Path::root();
     let mut findings = Vec::new();
     findings.extend(check_name("service name", &spec.name, root.key("name")));
-    check_image(spec, &mut findings);
+    check_model(spec, &mut findings);
+    if !is_builtin_model(spec) {
+        check_image(spec, &mut findings);
+    }
     check_command(spec.command.as_deref(), "command", &mut findings);
     check_command(spec.args.as_deref(), "args", &mut findings);
     if let Some(secret) = &spec.registry_secret {
@@ -169,9 +173,136 @@ pub(crate) fn check_service(spec: &ServiceSpec) -> Vec<Finding> {
     findings
 }
 
+/// A `type: model` service run by Bora's own engine: no image, and none of
+/// the fields that describe what an image runs.
+fn is_builtin_model(spec: &ServiceSpec) -> bool {
+    spec.kind == ServiceType::Model
+        && spec
+            .model
+            .as_ref()
+            .is_none_or(|m| m.engine == ModelEngine::Builtin)
+}
+
+/// The rules of `type: model`: a `model` with an absolute path, no routes
+/// (models are reached through the inference gateway), and for the
+/// built-in engine nothing about an image.
+fn check_model(spec: &ServiceSpec, findings: &mut Vec<Finding>) {
+    let root = Path::root();
+    if spec.kind != ServiceType::Model {
+        if spec.model.is_some() {
+            findings.push(
+                Finding::new(
+                    root.key("model"),
+                    format!("a {} service cannot have `model`", spec.kind),
+                )
+                .help("set `type: model` to serve a model, or remove `model`"),
+            );
+        }
+        return;
+    }
+    match &spec.model {
+        None => findings.push(
+            Finding::new(root.key("model"), "a model service needs `model`").help(
+                "add the model file, e.g. `model: { path: /srv/models/SmolLM2-135M-Instruct.Q4_1.gguf }`",
+            ),
+        ),
+        Some(model) => {
+            let path = root.key("model").key("path");
+            if model.path.trim().is_empty() {
+                findings.push(
+                    Finding::new(path, "the model path is empty")
+                        .help("give the model file's absolute path on the node, e.g. `/srv/models/model.gguf`"),
+                );
+            } else if !model.path.starts_with('/') {
+                findings.push(
+                    Finding::new(
+                        path,
+                        format!("model path `{}` is not absolute", model.path),
+                    )
+                    .help(format!(
+                        "give the file's full path on the node, e.g. `/srv/models/{}`",
+                        model.path.rsplit('/').next().unwrap_or(&model.path)
+                    )),
+                );
+            } else if model.path.ends_with('/') {
+                findings.push(
+                    Finding::new(
+                        path,
+                        format!("model path `{}` names a directory", model.path),
+                    )
+                    .help("name the model file itself, e.g. `/srv/models/model.gguf`"),
+                );
+            }
+        }
+    }
+    if !spec.routes.is_empty() {
+        findings.push(
+            Finding::new(root.key("routes"), "a model service cannot have routes").help(
+                "models are reached through the inference gateway (`/v1/...` on the router) by their name; remove `routes`",
+            ),
+        );
+    }
+    if !is_builtin_model(spec) {
+        return;
+    }
+    let refused: [(&str, bool, &str); 6] = [
+        (
+            "image",
+            !spec.image.is_empty(),
+            "the built-in engine runs from Bora's own binary; remove `image`, or set `engine: openai-compatible` to run a server image",
+        ),
+        (
+            "registry_secret",
+            spec.registry_secret.is_some(),
+            "the built-in engine pulls no image; remove `registry_secret`",
+        ),
+        (
+            "command",
+            spec.command.is_some(),
+            "the built-in engine runs `bora engine serve`; remove `command`, or set `engine: openai-compatible` to run your own server",
+        ),
+        (
+            "args",
+            spec.args.is_some(),
+            "the built-in engine runs `bora engine serve`; remove `args`, or set `engine: openai-compatible` to run your own server",
+        ),
+        (
+            "ports",
+            !spec.ports.is_empty(),
+            "the built-in engine serves the OpenAI API on port 8000; remove `ports`",
+        ),
+        (
+            "health_check",
+            spec.health_check.is_some(),
+            "the built-in engine is ready when `GET /v1/models` answers; remove `health_check`",
+        ),
+    ];
+    for (field, present, help) in refused {
+        if present {
+            findings.push(
+                Finding::new(
+                    root.key(field),
+                    format!("a model served by the built-in engine cannot have `{field}`"),
+                )
+                .help(help)
+                .on_key(),
+            );
+        }
+    }
+}
+
 fn check_image(spec: &ServiceSpec, findings: &mut Vec<Finding>) {
     let path = Path::root().key("image");
-    if spec.image.trim().is_empty() {
+    if spec.image.is_empty() {
+        let help = if spec.kind == ServiceType::Model {
+            "an `openai-compatible` model runs a server image: add `image: <image reference>`, e.g. `image: registry.example.com/vllm/vllm-openai:v0.6`"
+        } else {
+            "add `image: <image reference>`, e.g. `image: registry.example.com/team/web:1.0`"
+        };
+        findings.push(
+            Finding::new(path, format!("a {} service needs an `image`", spec.kind)).help(help),
+        );
+    } else if spec.image.trim().is_empty() {
         findings.push(
             Finding::new(path, "image is empty")
                 .help("give an image reference, e.g. `registry.example.com/team/web:1.0`"),
@@ -276,6 +407,10 @@ fn is_declared(spec: &ServiceSpec, port: u16) -> bool {
 
 fn check_routes(spec: &ServiceSpec, findings: &mut Vec<Finding>) {
     let routes = Path::root().key("routes");
+    if spec.kind == ServiceType::Model {
+        // Refused in `check_model`.
+        return;
+    }
     if spec.kind == ServiceType::Worker && !spec.routes.is_empty() {
         findings.push(
             Finding::new(routes, "a worker service cannot have routes")
@@ -418,13 +553,13 @@ fn check_scaling(spec: &ServiceSpec, findings: &mut Vec<Finding>) {
             .help(format!("raise `max` to at least {min}, or lower `min`")),
         );
     }
-    if min == 0 && spec.kind != ServiceType::Web {
+    if min == 0 && spec.kind == ServiceType::Worker {
         findings.push(
             Finding::new(
                 scaling.key("min"),
                 format!("a {} service cannot scale to zero", spec.kind),
             )
-            .help("only web services wake on a request; use `min: 1`"),
+            .help("only web and model services wake on a request; use `min: 1`"),
         );
     }
 

@@ -10,6 +10,10 @@
 //!    supervisor process, the shim ([`shim`]), which outlives a restart of
 //!    the server, keeps the logs bounded and records the exit status.
 //!
+//! An instance without an image (a model served by the built-in engine)
+//! runs a program of the host on a root made of the host's `/usr` and its
+//! top-level layout, all read-only ([`hostroot`]).
+//!
 //! Everything about an instance lives in `<data-dir>/instances/<id>/`, so a
 //! restarted server finds what is still running ([`Node::recover`]) and
 //! cleans up what is not: no leaked processes, mounts, veths or addresses.
@@ -24,6 +28,7 @@ pub mod cgroup;
 pub mod disk;
 pub mod firewall;
 pub mod health;
+pub mod hostroot;
 pub mod logs;
 pub mod network;
 pub mod rootfs;
@@ -35,5 +40,7 @@ mod error;
 mod node;
 
 pub use error::NodeError;
-pub use node::{InstanceSpec, InstanceStatus, Node, NodeConfig, RecoveredInstance};
+pub use node::{
+    InstanceSpec, InstanceStatus, Mount, NOBODY, Node, NodeConfig, RecoveredInstance, Root,
+};
 pub use sandbox::{SandboxLimits, SandboxSpec};

@@ -62,7 +62,10 @@ impl NodeConfig {
 #[derive(Debug, Clone)]
 pub struct InstanceSpec {
     pub id: String,
-    pub image: Image,
+    /// What its root filesystem is made of.
+    pub root: Root,
+    /// With an image, replaces its entrypoint and command; with
+    /// [`Root::Host`], the program to run (required).
     pub command: Option<Vec<String>>,
     pub args: Option<Vec<String>>,
     /// The service's environment, secrets already resolved.
@@ -70,7 +73,37 @@ pub struct InstanceSpec {
     pub limits: Limits,
     pub isolation: Isolation,
     pub hostname: String,
+    /// Host files or directories bind-mounted read-only (a model file,
+    /// the node's `bora` binary).
+    pub mounts: Vec<Mount>,
+    /// Runs the process as this `(uid, gid)` instead of the image's user
+    /// (with [`Root::Host`], nobody — 65534 — when unset).
+    pub user: Option<(u32, u32)>,
 }
+
+/// What an instance's root filesystem is made of.
+#[derive(Debug, Clone)]
+pub enum Root {
+    /// An image's layers, stacked with overlayfs under a writable layer of
+    /// the instance's own.
+    Image(Box<Image>),
+    /// The host's programs, read-only, and nothing else ([`hostroot`]):
+    /// for running the node's own binary.
+    ///
+    /// [`hostroot`]: crate::hostroot
+    Host,
+}
+
+/// A host path bind-mounted read-only into an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub source: PathBuf,
+    /// Where it appears in the container, an absolute path.
+    pub destination: String,
+}
+
+/// The user a [`Root::Host`] instance runs as by default: nobody.
+pub const NOBODY: u32 = 65534;
 
 /// What the node knows about an instance it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,6 +217,12 @@ impl Node {
 
     pub fn images(&self) -> &ImageStore {
         &self.images
+    }
+
+    /// The node's own `bora` binary (the one run as `bora shim`), which
+    /// instances of the built-in engine run too.
+    pub fn bora_exe(&self) -> &Path {
+        &self.config.shim_exe
     }
 
     pub(crate) fn dir(&self, kind: Kind, id: &str) -> PathBuf {
@@ -333,58 +372,94 @@ impl Node {
         let dir = self.dir(Kind::Instance, id);
         let bundle_dir = dir.join("bundle");
         let rootfs = bundle_dir.join("rootfs");
-        let mut record = self.begin(
-            Kind::Instance,
-            id,
-            spec.isolation,
-            spec.image.config.stop_signal.clone(),
-        )?;
-
-        if !rootfs::is_mounted(&rootfs) {
-            rootfs::mount_overlay(
-                &spec.image.layers,
-                &dir.join("upper"),
-                &dir.join("work"),
-                &rootfs,
-            )?;
-        }
-
-        let config = &spec.image.config;
-        let read = |p: &str| std::fs::read_to_string(rootfs.join(p)).ok();
-        let (uid, gid, additional_gids) = bundle::resolve_user(
-            config.user.as_deref().unwrap_or(""),
-            read("etc/passwd").as_deref(),
-            read("etc/group").as_deref(),
-        )
-        .map_err(|detail| NodeError::Start {
+        let stop_signal = match &spec.root {
+            Root::Image(image) => image.config.stop_signal.clone(),
+            Root::Host => None,
+        };
+        let mut record = self.begin(Kind::Instance, id, spec.isolation, stop_signal)?;
+        let failed = |detail: String| NodeError::Start {
             instance: id.clone(),
             detail,
-        })?;
-        let args = bundle::process_args(
-            &config.entrypoint,
-            &config.cmd,
-            spec.command.as_deref(),
-            spec.args.as_deref(),
-        );
-        if args.is_empty() {
-            return Err(NodeError::Start {
-                instance: id.clone(),
-                detail: "nothing to run: the image has no entrypoint or command, and the service sets no `command`"
-                    .into(),
-            });
-        }
-        let process = Process {
-            args,
-            env: bundle::merge_env(&config.env, &spec.env),
-            cwd: config
-                .working_dir
-                .clone()
-                .filter(|d| !d.is_empty())
-                .unwrap_or_else(|| "/".into()),
-            uid,
-            gid,
-            additional_gids,
         };
+
+        let mut binds: Vec<(String, PathBuf)> = Vec::new();
+        let process = match &spec.root {
+            Root::Image(image) => {
+                if !rootfs::is_mounted(&rootfs) {
+                    rootfs::mount_overlay(
+                        &image.layers,
+                        &dir.join("upper"),
+                        &dir.join("work"),
+                        &rootfs,
+                    )?;
+                }
+                let config = &image.config;
+                let read = |p: &str| std::fs::read_to_string(rootfs.join(p)).ok();
+                let (uid, gid, additional_gids) = match spec.user {
+                    Some((uid, gid)) => (uid, gid, Vec::new()),
+                    None => bundle::resolve_user(
+                        config.user.as_deref().unwrap_or(""),
+                        read("etc/passwd").as_deref(),
+                        read("etc/group").as_deref(),
+                    )
+                    .map_err(failed)?,
+                };
+                let args = bundle::process_args(
+                    &config.entrypoint,
+                    &config.cmd,
+                    spec.command.as_deref(),
+                    spec.args.as_deref(),
+                );
+                if args.is_empty() {
+                    return Err(failed(
+                        "nothing to run: the image has no entrypoint or command, and the service sets no `command`"
+                            .into(),
+                    ));
+                }
+                Process {
+                    args,
+                    env: bundle::merge_env(&config.env, &spec.env),
+                    cwd: config
+                        .working_dir
+                        .clone()
+                        .filter(|d| !d.is_empty())
+                        .unwrap_or_else(|| "/".into()),
+                    uid,
+                    gid,
+                    additional_gids,
+                }
+            }
+            Root::Host => {
+                for bind in crate::hostroot::build(&rootfs, Path::new("/"))? {
+                    binds.push((bind.destination, bind.source));
+                }
+                let args =
+                    bundle::process_args(&[], &[], spec.command.as_deref(), spec.args.as_deref());
+                if args.is_empty() {
+                    return Err(failed(
+                        "nothing to run: an instance without an image needs a command".into(),
+                    ));
+                }
+                let (uid, gid) = spec.user.unwrap_or((NOBODY, NOBODY));
+                Process {
+                    args,
+                    env: bundle::merge_env(&[], &spec.env),
+                    cwd: "/".into(),
+                    uid,
+                    gid,
+                    additional_gids: Vec::new(),
+                }
+            }
+        };
+        for mount in &spec.mounts {
+            if !mount.destination.starts_with('/') {
+                return Err(failed(format!(
+                    "mount destination {:?} is not an absolute path",
+                    mount.destination
+                )));
+            }
+            binds.push((mount.destination.clone(), mount.source.clone()));
+        }
 
         let ip = network::attach(&self.config.network, id).await?;
         self.record_ip(Kind::Instance, &mut record, ip)?;
@@ -399,7 +474,14 @@ impl Node {
             spec.limits,
             spec.isolation,
             &etc,
-            &[],
+            &binds
+                .iter()
+                .map(|(destination, source)| Bind {
+                    destination,
+                    source,
+                    read_only: true,
+                })
+                .collect::<Vec<_>>(),
         )?;
         Ok(ip)
     }

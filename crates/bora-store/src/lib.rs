@@ -1,7 +1,8 @@
 //! Bora's state.
 //!
 //! The control plane talks to a [`Store`]: a small, synchronous, transactional
-//! interface over apps, services, deployments, instances and secrets. Every
+//! interface over apps, services, deployments, instances, secrets, sandboxes,
+//! inference keys and the gateway's request records. Every
 //! method that changes state runs in one transaction, so a crash (even
 //! `kill -9`) leaves either all of a change or none of it.
 //!
@@ -20,8 +21,9 @@ pub use sqlite::SqliteStore;
 use std::collections::BTreeMap;
 
 use bora_api::{
-    App, Deployment, DeploymentStatus, Event, Instance, InstanceState, Isolation, Sandbox,
-    SandboxResources, SandboxState, ScalingStatus, Secret, Service, ServiceSpec,
+    App, Deployment, DeploymentStatus, Event, InferenceKey, Instance, InstanceState, Isolation,
+    RequestRecord, Sandbox, SandboxResources, SandboxState, ScalingStatus, Secret, Service,
+    ServiceSpec, UsageRow,
 };
 use chrono::{DateTime, Utc};
 
@@ -73,6 +75,65 @@ pub struct NewSandboxRecord {
     pub env: BTreeMap<String, String>,
 }
 
+/// An inference key to record, as the control plane made it. The secret
+/// itself is never stored, only its SHA-256.
+#[derive(Debug, Clone)]
+pub struct NewKeyRecord {
+    /// `key_` and 16 hex digits.
+    pub id: String,
+    pub name: String,
+    /// The secret's first characters.
+    pub hint: String,
+    /// SHA-256 of the whole secret.
+    pub hash: [u8; 32],
+    pub models: Vec<String>,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u64>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// An inference key with the SHA-256 of its secret, which the gateway
+/// matches presented secrets against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    pub key: InferenceKey,
+    pub hash: [u8; 32],
+}
+
+/// Which request records to sum up in [`Store::usage`].
+#[derive(Debug, Clone, Default)]
+pub struct UsageFilter<'a> {
+    /// A key's id or name.
+    pub key: Option<&'a str>,
+    pub model: Option<&'a str>,
+    /// Only requests that arrived at or after this time.
+    pub since: Option<DateTime<Utc>>,
+}
+
+/// Which request records to list in [`Store::list_requests`]: those
+/// after the `after` cursor, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFilter<'a> {
+    /// Arrived at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Arrived before this time.
+    pub until: Option<DateTime<Utc>>,
+    /// A key's id or name.
+    pub key: Option<&'a str>,
+    pub model: Option<&'a str>,
+    /// Only records with a larger sequence number (the cursor).
+    pub after: Option<i64>,
+    /// At most this many; 1000 when 0.
+    pub limit: usize,
+}
+
+/// A request record and its sequence number (the export cursor).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRequest {
+    pub seq: i64,
+    pub record: RequestRecord,
+}
+
 /// How many events are kept per service; older ones are pruned.
 pub const EVENTS_KEPT_PER_SERVICE: i64 = 1000;
 
@@ -109,6 +170,8 @@ pub trait Store: Send + Sync + 'static {
         reason: Option<&str>,
     ) -> Result<Deployment>;
     fn set_deployment_image(&self, id: &str, image_digest: &str) -> Result<Deployment>;
+    /// Records the digest (`sha256:…`) of a model deployment's model file.
+    fn set_deployment_model(&self, id: &str, model_digest: &str) -> Result<Deployment>;
     /// Makes `deployment` the one its service routes to.
     fn set_active_deployment(&self, deployment: &str) -> Result<Service>;
     fn delete_deployment(&self, id: &str) -> Result<()>;
@@ -146,4 +209,21 @@ pub trait Store: Send + Sync + 'static {
     /// The decrypted value; never log it.
     fn secret_value(&self, name: &str) -> Result<String>;
     fn delete_secret(&self, name: &str) -> Result<()>;
+
+    /// Records a new inference key. A name is unique among keys that are
+    /// not revoked: [`StoreError::AlreadyExists`] names the key otherwise.
+    fn create_key(&self, new: &NewKeyRecord) -> Result<InferenceKey>;
+    /// Oldest first; with `include_revoked`, revoked keys too.
+    fn list_keys(&self, include_revoked: bool) -> Result<Vec<StoredKey>>;
+    /// Revokes the key with this id, or the live key with this name.
+    /// Revoking a revoked key (by id) changes nothing and returns it.
+    fn revoke_key(&self, id_or_name: &str) -> Result<InferenceKey>;
+
+    /// Appends request records, all in one transaction.
+    fn insert_requests(&self, records: &[RequestRecord]) -> Result<()>;
+    /// Requests, errors and tokens per key and model, ordered by key name,
+    /// key id and model.
+    fn usage(&self, filter: &UsageFilter<'_>) -> Result<Vec<UsageRow>>;
+    /// Request records in the order they were written.
+    fn list_requests(&self, filter: &RequestFilter<'_>) -> Result<Vec<StoredRequest>>;
 }

@@ -101,4 +101,55 @@ CREATE TABLE sandboxes (
 CREATE INDEX sandboxes_by_state ON sandboxes (state);
 "#,
     ),
+    (
+        4,
+        r#"
+CREATE TABLE inference_keys (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    hint        TEXT NOT NULL,
+    hash        TEXT NOT NULL UNIQUE,
+    models      TEXT NOT NULL,
+    rpm         INTEGER,
+    tpm         INTEGER,
+    expires_at  TEXT,
+    created_at  TEXT NOT NULL,
+    revoked_at  TEXT
+);
+CREATE UNIQUE INDEX inference_keys_live_name ON inference_keys (name) WHERE revoked_at IS NULL;
+CREATE TABLE requests (
+    seq                INTEGER PRIMARY KEY AUTOINCREMENT,
+    id                 TEXT NOT NULL,
+    at                 TEXT NOT NULL,
+    key_id             TEXT,
+    key_name           TEXT,
+    model              TEXT NOT NULL,
+    app                TEXT,
+    service            TEXT,
+    instance           TEXT,
+    model_digest       TEXT,
+    engine             TEXT,
+    endpoint           TEXT NOT NULL,
+    stream             INTEGER NOT NULL,
+    status             INTEGER NOT NULL,
+    error              TEXT,
+    prompt_tokens      INTEGER NOT NULL,
+    completion_tokens  INTEGER NOT NULL,
+    duration_ms        INTEGER NOT NULL,
+    ttft_ms            INTEGER,
+    prompt             TEXT,
+    completion         TEXT
+);
+CREATE INDEX requests_by_at ON requests (at);
+CREATE INDEX requests_by_key ON requests (key_id, model, at);
+CREATE INDEX requests_by_key_name ON requests (key_name, model, at);
+CREATE INDEX requests_by_model ON requests (model, at);
+"#,
+    ),
+    (
+        5,
+        r#"
+ALTER TABLE deployments ADD COLUMN model_digest TEXT;
+"#,
+    ),
 ];

@@ -6,16 +6,18 @@ use std::sync::{Mutex, MutexGuard};
 use std::collections::BTreeMap;
 
 use bora_api::{
-    App, Deployment, DeploymentStatus, Event, Instance, InstanceState, Isolation, Sandbox,
-    SandboxState, ScalingStatus, Secret, Service, ServiceSpec, ServiceType, Transition,
+    App, Deployment, DeploymentStatus, Event, InferenceKey, Instance, InstanceState, Isolation,
+    RequestRecord, Sandbox, SandboxState, ScalingStatus, Secret, Service, ServiceSpec, ServiceType,
+    Transition, UsageRow,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use crate::migrations::MIGRATIONS;
 use crate::{
-    DeploymentFilter, EVENTS_KEPT_PER_SERVICE, EventFilter, InstanceFilter, NewSandboxRecord,
-    Result, SecretCipher, Store, StoreError,
+    DeploymentFilter, EVENTS_KEPT_PER_SERVICE, EventFilter, InstanceFilter, NewKeyRecord,
+    NewSandboxRecord, RequestFilter, Result, SecretCipher, Store, StoreError, StoredKey,
+    StoredRequest, UsageFilter,
 };
 
 /// A [`Store`] in one SQLite database file.
@@ -51,13 +53,14 @@ fn parsed<T: std::str::FromStr<Err = String>>(row: &Row<'_>, col: &str) -> rusql
 fn service_kind(s: &str) -> ServiceType {
     match s {
         "worker" => ServiceType::Worker,
+        "model" => ServiceType::Model,
         _ => ServiceType::Web,
     }
 }
 
 const APP_COLS: &str = "a.id, a.name, a.created_at, a.updated_at";
 const SERVICE_COLS: &str = "s.id, a.name AS app_name, s.name, s.kind, s.active_deployment, s.latest_deployment, s.scaling, s.created_at, s.updated_at";
-const DEPLOYMENT_COLS: &str = "d.id, a.name AS app_name, s.name AS service_name, d.version, d.spec, d.image_digest, d.status, d.reason, d.created_at, d.updated_at";
+const DEPLOYMENT_COLS: &str = "d.id, a.name AS app_name, s.name AS service_name, d.version, d.spec, d.image_digest, d.model_digest, d.status, d.reason, d.created_at, d.updated_at";
 const INSTANCE_COLS: &str = "i.id, a.name AS app_name, s.name AS service_name, i.deployment_id, i.node, i.state, i.reason, i.ip, i.restarts, i.created_at, i.updated_at";
 const DEPLOYMENT_JOIN: &str =
     "deployments d JOIN services s ON s.id = d.service_id JOIN apps a ON a.id = s.app_id";
@@ -123,6 +126,7 @@ fn deployment_row(row: &Row<'_>) -> rusqlite::Result<Deployment> {
         version: row.get::<_, i64>("version")? as u64,
         spec,
         image_digest: row.get("image_digest")?,
+        model_digest: row.get("model_digest")?,
         status: parsed(row, "status")?,
         reason: row.get("reason")?,
         created_at: time(row, "created_at")?,
@@ -497,6 +501,19 @@ impl Store for SqliteStore {
         })
     }
 
+    fn set_deployment_model(&self, id: &str, model_digest: &str) -> Result<Deployment> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE deployments SET model_digest = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id, model_digest, now()],
+            )?;
+            if n == 0 {
+                return Err(StoreError::not_found("deployment", id));
+            }
+            query_deployment(tx, id)
+        })
+    }
+
     fn set_active_deployment(&self, deployment: &str) -> Result<Service> {
         self.write(|tx| {
             let d = query_deployment(tx, deployment)?;
@@ -829,6 +846,256 @@ impl Store for SqliteStore {
             Ok(())
         })
     }
+
+    fn create_key(&self, new: &NewKeyRecord) -> Result<InferenceKey> {
+        let models = serde_json::to_string(&new.models)?;
+        self.write(|tx| {
+            let taken: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM inference_keys WHERE name = ?1 AND revoked_at IS NULL)",
+                [&new.name],
+                |r| r.get(0),
+            )?;
+            if taken {
+                return Err(StoreError::AlreadyExists {
+                    kind: "inference key",
+                    name: new.name.clone(),
+                });
+            }
+            tx.execute(
+                "INSERT INTO inference_keys (id, name, hint, hash, models, rpm, tpm, expires_at, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    new.id,
+                    new.name,
+                    new.hint,
+                    hex::encode(new.hash),
+                    models,
+                    new.rpm,
+                    new.tpm.map(saturating_i64),
+                    new.expires_at.map(stamp),
+                    now(),
+                ],
+            )?;
+            Ok(query_key(tx, "id = ?1", &new.id)?
+                .expect("the key was just inserted")
+                .key)
+        })
+    }
+
+    fn list_keys(&self, include_revoked: bool) -> Result<Vec<StoredKey>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {KEY_COLUMNS} FROM inference_keys WHERE ?1 OR revoked_at IS NULL ORDER BY created_at, id"
+        ))?;
+        let rows = stmt.query_map([include_revoked], key_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn revoke_key(&self, id_or_name: &str) -> Result<InferenceKey> {
+        self.write(|tx| {
+            let found = match query_key(tx, "id = ?1", id_or_name)? {
+                Some(key) => Some(key),
+                None => query_key(tx, "name = ?1 AND revoked_at IS NULL", id_or_name)?,
+            };
+            let Some(StoredKey { key, .. }) = found else {
+                return Err(StoreError::not_found("inference key", id_or_name));
+            };
+            if key.revoked_at.is_some() {
+                return Ok(key);
+            }
+            tx.execute(
+                "UPDATE inference_keys SET revoked_at = ?2 WHERE id = ?1",
+                params![key.id, now()],
+            )?;
+            Ok(query_key(tx, "id = ?1", &key.id)?
+                .expect("the key was just read")
+                .key)
+        })
+    }
+
+    fn insert_requests(&self, records: &[RequestRecord]) -> Result<()> {
+        self.write(|tx| {
+            let mut stmt = tx.prepare(
+                "INSERT INTO requests (id, at, key_id, key_name, model, app, service, instance,
+                    model_digest, engine, endpoint, stream, status, error, prompt_tokens,
+                    completion_tokens, duration_ms, ttft_ms, prompt, completion)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+            )?;
+            for r in records {
+                stmt.execute(params![
+                    r.id,
+                    stamp(r.at),
+                    r.key_id,
+                    r.key_name,
+                    r.model,
+                    r.app,
+                    r.service,
+                    r.instance,
+                    r.model_digest,
+                    r.engine,
+                    r.endpoint,
+                    r.stream,
+                    r.status,
+                    r.error,
+                    saturating_i64(r.prompt_tokens),
+                    saturating_i64(r.completion_tokens),
+                    saturating_i64(r.duration_ms),
+                    r.ttft_ms.map(saturating_i64),
+                    r.prompt,
+                    r.completion,
+                ])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn usage(&self, filter: &UsageFilter<'_>) -> Result<Vec<UsageRow>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT key_id, key_name, model, COUNT(*) AS requests,
+                    SUM(CASE WHEN status >= 400 OR error IS NOT NULL THEN 1 ELSE 0 END) AS errors,
+                    SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens
+             FROM requests
+             WHERE (?1 IS NULL OR key_id = ?1 OR key_name = ?1) AND (?2 IS NULL OR model = ?2)
+               AND (?3 IS NULL OR at >= ?3)
+             GROUP BY key_id, key_name, model
+             ORDER BY key_name, key_id, model",
+        )?;
+        let rows = stmt.query_map(
+            params![filter.key, filter.model, filter.since.map(stamp)],
+            |row| {
+                Ok(UsageRow {
+                    key_id: row.get("key_id")?,
+                    key_name: row.get("key_name")?,
+                    model: row.get("model")?,
+                    requests: row.get::<_, i64>("requests")? as u64,
+                    errors: row.get::<_, i64>("errors")? as u64,
+                    prompt_tokens: row.get::<_, i64>("prompt_tokens")? as u64,
+                    completion_tokens: row.get::<_, i64>("completion_tokens")? as u64,
+                })
+            },
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn list_requests(&self, filter: &RequestFilter<'_>) -> Result<Vec<StoredRequest>> {
+        let limit = if filter.limit == 0 {
+            1000
+        } else {
+            filter.limit
+        };
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT * FROM requests
+             WHERE seq > ?1 AND (?2 IS NULL OR at >= ?2) AND (?3 IS NULL OR at < ?3)
+               AND (?4 IS NULL OR key_id = ?4 OR key_name = ?4) AND (?5 IS NULL OR model = ?5)
+             ORDER BY seq LIMIT ?6",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                filter.after.unwrap_or(0),
+                filter.since.map(stamp),
+                filter.until.map(stamp),
+                filter.key,
+                filter.model,
+                i64::try_from(limit).unwrap_or(i64::MAX),
+            ],
+            request_row,
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+/// A time as the store writes it: RFC 3339, UTC, microseconds — one width,
+/// so text order is time order.
+fn stamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// SQLite integers are signed; counts beyond `i64::MAX` do not happen, but
+/// must not wrap.
+fn saturating_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn optional_time(row: &Row<'_>, col: &str) -> rusqlite::Result<Option<DateTime<Utc>>> {
+    match row.get::<_, Option<String>>(col)? {
+        None => Ok(None),
+        Some(_) => time(row, col).map(Some),
+    }
+}
+
+const KEY_COLUMNS: &str =
+    "id, name, hint, hash, models, rpm, tpm, expires_at, created_at, revoked_at";
+
+fn key_row(row: &Row<'_>) -> rusqlite::Result<StoredKey> {
+    let corrupt = |detail: String| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, detail.into())
+    };
+    let hash: String = row.get("hash")?;
+    let hash: [u8; 32] = hex::decode(&hash)
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or_else(|| corrupt(format!("inference key hash {hash:?} is not 64 hex digits")))?;
+    let models: String = row.get("models")?;
+    let models: Vec<String> =
+        serde_json::from_str(&models).map_err(|e| corrupt(format!("inference key models: {e}")))?;
+    Ok(StoredKey {
+        key: InferenceKey {
+            id: row.get("id")?,
+            name: row.get("name")?,
+            hint: row.get("hint")?,
+            models,
+            rpm: row.get("rpm")?,
+            tpm: row.get::<_, Option<i64>>("tpm")?.map(|n| n.max(0) as u64),
+            expires_at: optional_time(row, "expires_at")?,
+            created_at: time(row, "created_at")?,
+            revoked_at: optional_time(row, "revoked_at")?,
+        },
+        hash,
+    })
+}
+
+/// The first key `WHERE <condition>` (with `?1` = `value`).
+fn query_key(conn: &Connection, condition: &str, value: &str) -> Result<Option<StoredKey>> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {KEY_COLUMNS} FROM inference_keys WHERE {condition} ORDER BY created_at DESC LIMIT 1"),
+            [value],
+            key_row,
+        )
+        .optional()?)
+}
+
+fn request_row(row: &Row<'_>) -> rusqlite::Result<StoredRequest> {
+    let count = |col: &str| row.get::<_, i64>(col).map(|n| n.max(0) as u64);
+    Ok(StoredRequest {
+        seq: row.get("seq")?,
+        record: RequestRecord {
+            id: row.get("id")?,
+            at: time(row, "at")?,
+            key_id: row.get("key_id")?,
+            key_name: row.get("key_name")?,
+            model: row.get("model")?,
+            app: row.get("app")?,
+            service: row.get("service")?,
+            instance: row.get("instance")?,
+            model_digest: row.get("model_digest")?,
+            engine: row.get("engine")?,
+            endpoint: row.get("endpoint")?,
+            stream: row.get("stream")?,
+            status: row.get("status")?,
+            error: row.get("error")?,
+            prompt_tokens: count("prompt_tokens")?,
+            completion_tokens: count("completion_tokens")?,
+            duration_ms: count("duration_ms")?,
+            ttft_ms: row
+                .get::<_, Option<i64>>("ttft_ms")?
+                .map(|n| n.max(0) as u64),
+            prompt: row.get("prompt")?,
+            completion: row.get("completion")?,
+        },
+    })
 }
 
 fn secret_row(row: &Row<'_>) -> rusqlite::Result<Secret> {

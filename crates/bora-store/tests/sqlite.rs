@@ -57,6 +57,23 @@ fn deployments_create_app_and_service_and_count_versions() {
     assert_eq!(svc.active_deployment.as_deref(), Some(d1.id.as_str()));
     let d = store.set_deployment_image(&d1.id, "sha256:abc").unwrap();
     assert_eq!(d.image_digest.as_deref(), Some("sha256:abc"));
+    assert_eq!(d.model_digest, None);
+    // A model service reads back as one.
+    let model: ServiceSpec = serde_json::from_value(serde_json::json!(
+        {"name": "smollm2", "type": "model", "model": {"path": "/srv/m.gguf"}}
+    ))
+    .unwrap();
+    store.create_deployment("ai", &model).unwrap();
+    assert_eq!(
+        store.get_service("ai", "smollm2").unwrap().kind,
+        bora_api::ServiceType::Model
+    );
+    let d = store.set_deployment_model(&d1.id, "sha256:def").unwrap();
+    assert_eq!(d.model_digest.as_deref(), Some("sha256:def"));
+    assert_eq!(
+        store.get_deployment(&d1.id).unwrap().model_digest,
+        d.model_digest
+    );
 }
 
 #[test]
@@ -400,4 +417,303 @@ fn sandboxes_keep_their_token_and_env_sealed_and_follow_their_states() {
     assert_eq!(pruned, 1);
     assert!(store.get_sandbox("sb2").unwrap_err().is_not_found());
     assert!(store.get_sandbox("sb1").is_ok());
+}
+
+fn new_key(id: &str, name: &str, hash_byte: u8) -> bora_store::NewKeyRecord {
+    bora_store::NewKeyRecord {
+        id: id.into(),
+        name: name.into(),
+        hint: "bora-sk-abcd".into(),
+        hash: [hash_byte; 32],
+        models: vec!["llama".into(), "bert".into()],
+        rpm: Some(60),
+        tpm: Some(100_000),
+        expires_at: Some("2030-01-02T03:04:05Z".parse().unwrap()),
+    }
+}
+
+fn record(
+    id: &str,
+    at: &str,
+    key: Option<(&str, &str)>,
+    model: &str,
+    status: u16,
+    tokens: (u64, u64),
+) -> bora_api::RequestRecord {
+    bora_api::RequestRecord {
+        id: id.into(),
+        at: at.parse().unwrap(),
+        key_id: key.map(|k| k.0.to_string()),
+        key_name: key.map(|k| k.1.to_string()),
+        model: model.into(),
+        app: Some("ai".into()),
+        service: Some(model.into()),
+        instance: Some("i1".into()),
+        model_digest: Some("sha256:00".into()),
+        engine: Some("bora-engine/0.1.0".into()),
+        endpoint: "chat.completions".into(),
+        stream: status == 200,
+        status,
+        error: None,
+        prompt_tokens: tokens.0,
+        completion_tokens: tokens.1,
+        duration_ms: 120,
+        ttft_ms: Some(30),
+        prompt: None,
+        completion: None,
+    }
+}
+
+#[test]
+fn inference_keys_are_kept_across_reopening_with_their_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let created = {
+        let store = open(dir.path());
+        store
+            .create_key(&new_key("key_0000000000000001", "ci", 7))
+            .unwrap()
+    };
+    assert_eq!(created.name, "ci");
+    assert_eq!(created.models, vec!["llama", "bert"]);
+    assert_eq!((created.rpm, created.tpm), (Some(60), Some(100_000)));
+    assert_eq!(created.revoked_at, None);
+
+    let store = open(dir.path());
+    let keys = store.list_keys(false).unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].key, created);
+    assert_eq!(keys[0].hash, [7; 32]);
+    assert_eq!(
+        keys[0].key.expires_at,
+        Some("2030-01-02T03:04:05Z".parse().unwrap())
+    );
+}
+
+#[test]
+fn a_key_name_is_unique_until_the_key_is_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let first = store
+        .create_key(&new_key("key_0000000000000001", "ci", 1))
+        .unwrap();
+    let err = store
+        .create_key(&new_key("key_0000000000000002", "ci", 2))
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::AlreadyExists { kind: "inference key", name } if name == "ci"),
+        "{err}"
+    );
+    assert_eq!(err.to_string(), "inference key \"ci\" already exists");
+    assert_eq!(store.list_keys(true).unwrap().len(), 1, "nothing recorded");
+
+    // Revoked by name: the name is free again.
+    let revoked = store.revoke_key("ci").unwrap();
+    assert_eq!(revoked.id, first.id);
+    assert!(revoked.revoked_at.is_some());
+    assert!(store.list_keys(false).unwrap().is_empty());
+    let second = store
+        .create_key(&new_key("key_0000000000000002", "ci", 2))
+        .unwrap();
+
+    // By name, revoking reaches the live key; by id, either.
+    let live = store.list_keys(false).unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].key.id, second.id);
+    let all = store.list_keys(true).unwrap();
+    assert_eq!(
+        all.iter().map(|k| k.key.id.as_str()).collect::<Vec<_>>(),
+        vec![first.id.as_str(), second.id.as_str()]
+    );
+    let again = store.revoke_key(&first.id).unwrap();
+    assert_eq!(
+        again.revoked_at, revoked.revoked_at,
+        "revoking twice changes nothing"
+    );
+    store.revoke_key(&second.id).unwrap();
+    let err = store.revoke_key("ci").unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    let err = store.revoke_key("nope").unwrap_err();
+    assert_eq!(err.to_string(), "inference key \"nope\" not found");
+}
+
+#[test]
+fn the_same_secret_hash_cannot_be_stored_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store
+        .create_key(&new_key("key_0000000000000001", "a", 9))
+        .unwrap();
+    let err = store
+        .create_key(&new_key("key_0000000000000002", "b", 9))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Sqlite(_)), "{err}");
+    assert_eq!(store.list_keys(true).unwrap().len(), 1);
+}
+
+#[test]
+fn usage_sums_requests_errors_and_tokens_per_key_and_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let ci = Some(("key_1", "ci"));
+    let web = Some(("key_2", "web"));
+    let mut failed = record("r4", "2026-01-01T10:03:00Z", ci, "llama", 200, (5, 0));
+    failed.error = Some("the stream broke off".into());
+    store
+        .insert_requests(&[
+            record("r1", "2026-01-01T10:00:00Z", ci, "llama", 200, (10, 20)),
+            record("r2", "2026-01-01T10:01:00Z", ci, "llama", 200, (1, 2)),
+            record("r3", "2026-01-01T10:02:00Z", ci, "llama", 429, (0, 0)),
+            failed,
+            record("r5", "2026-01-01T10:04:00Z", ci, "bert", 200, (7, 0)),
+            record("r6", "2026-01-01T10:05:00Z", web, "llama", 200, (100, 200)),
+            record("r7", "2026-01-01T10:06:00Z", None, "llama", 401, (0, 0)),
+        ])
+        .unwrap();
+
+    let rows = store.usage(&Default::default()).unwrap();
+    let summary: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.key_name.as_deref(),
+                r.model.as_str(),
+                r.requests,
+                r.errors,
+                r.prompt_tokens,
+                r.completion_tokens,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (None, "llama", 1, 1, 0, 0),
+            (Some("ci"), "bert", 1, 0, 7, 0),
+            (Some("ci"), "llama", 4, 2, 16, 22),
+            (Some("web"), "llama", 1, 0, 100, 200),
+        ]
+    );
+
+    let by_name = store
+        .usage(&bora_store::UsageFilter {
+            key: Some("ci"),
+            model: Some("llama"),
+            ..Default::default()
+        })
+        .unwrap();
+    let by_id = store
+        .usage(&bora_store::UsageFilter {
+            key: Some("key_1"),
+            model: Some("llama"),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(by_name, by_id);
+    assert_eq!(by_name.len(), 1);
+    assert_eq!(by_name[0].key_id.as_deref(), Some("key_1"));
+
+    let recent = store
+        .usage(&bora_store::UsageFilter {
+            since: Some("2026-01-01T10:02:00Z".parse().unwrap()),
+            key: Some("ci"),
+            ..Default::default()
+        })
+        .unwrap();
+    let counts: Vec<_> = recent
+        .iter()
+        .map(|r| (r.model.as_str(), r.requests))
+        .collect();
+    assert_eq!(
+        counts,
+        vec![("bert", 1), ("llama", 2)],
+        "since is inclusive"
+    );
+}
+
+#[test]
+fn request_records_page_by_cursor_and_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        let batch: Vec<_> = (0..25)
+            .map(|i| {
+                let key = if i % 2 == 0 {
+                    Some(("key_1", "ci"))
+                } else {
+                    Some(("key_2", "web"))
+                };
+                let mut r = record(
+                    &format!("r{i}"),
+                    &format!("2026-01-01T10:{i:02}:00Z"),
+                    key,
+                    if i % 5 == 0 { "bert" } else { "llama" },
+                    200,
+                    (i, 1),
+                );
+                if i == 3 {
+                    r.prompt = Some("{\"messages\":[]}".into());
+                    r.completion = Some("hello".into());
+                    r.ttft_ms = None;
+                }
+                r
+            })
+            .collect();
+        store.insert_requests(&batch[..10]).unwrap();
+        store.insert_requests(&batch[10..]).unwrap();
+        store.insert_requests(&[]).unwrap();
+    }
+    let store = open(dir.path());
+
+    // Paging through everything returns every record once, in order.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_requests(&bora_store::RequestFilter {
+                after,
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(page.len() <= 10);
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.windows(2).all(|w| w[0].seq < w[1].seq));
+        after = Some(page.last().unwrap().seq);
+        seen.extend(page.into_iter().map(|s| s.record));
+    }
+    assert_eq!(seen.len(), 25);
+    assert_eq!(
+        seen.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+        (0..25).map(|i| format!("r{i}")).collect::<Vec<_>>()
+    );
+    assert_eq!(seen[3].prompt.as_deref(), Some("{\"messages\":[]}"));
+    assert_eq!(seen[3].completion.as_deref(), Some("hello"));
+    assert_eq!(seen[3].ttft_ms, None);
+    assert_eq!(seen[4].ttft_ms, Some(30));
+    assert_eq!(seen[4].engine.as_deref(), Some("bora-engine/0.1.0"));
+
+    // Filters: a time window (since inclusive, until exclusive), a key by
+    // id or name, a model.
+    let filtered = store
+        .list_requests(&bora_store::RequestFilter {
+            since: Some("2026-01-01T10:04:00Z".parse().unwrap()),
+            until: Some("2026-01-01T10:20:00Z".parse().unwrap()),
+            key: Some("ci"),
+            model: Some("llama"),
+            ..Default::default()
+        })
+        .unwrap();
+    let ids: Vec<_> = filtered.iter().map(|s| s.record.id.as_str()).collect();
+    assert_eq!(ids, vec!["r4", "r6", "r8", "r12", "r14", "r16", "r18"]);
+    let by_id = store
+        .list_requests(&bora_store::RequestFilter {
+            key: Some("key_2"),
+            model: Some("bert"),
+            ..Default::default()
+        })
+        .unwrap();
+    let ids: Vec<_> = by_id.iter().map(|s| s.record.id.as_str()).collect();
+    assert_eq!(ids, vec!["r5", "r15"]);
 }

@@ -28,7 +28,7 @@ struct Cli {
 enum Command {
     /// Run the control plane, node agent and router on this machine.
     Server(ServerArgs),
-    /// Run the built-in LLM inference engine.
+    /// Run the built-in LLM inference engine (it stops on Ctrl-C or SIGTERM).
     #[command(subcommand)]
     Engine(EngineCommand),
     /// Stop and remove every instance and sandbox of a data directory (with its server stopped).
@@ -90,6 +90,12 @@ struct ServerArgs {
     /// serve creates with default resources and no outbound allow-list.
     #[arg(long = "sandbox-pool", value_name = "TEMPLATE=N[:ISOLATION]")]
     sandbox_pools: Vec<bora_control::pool::PoolSpec>,
+    /// Keep the prompt and the completion in the inference gateway's
+    /// request records (`bora audit export` shows them). Off by default:
+    /// zero retention, the records hold only who asked which model, when,
+    /// with what outcome and how many tokens.
+    #[arg(long)]
+    retain_content: bool,
 }
 
 /// Where the sandbox agent is, when `--envd-binary` does not say.
@@ -231,9 +237,13 @@ fn runtime() -> tokio::runtime::Runtime {
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("BORA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a terminal: an engine in a container writes to its
+    // logs, whose last lines become an instance's reason.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
 }
 
@@ -260,6 +270,7 @@ async fn server(data_dir: PathBuf, args: ServerArgs) -> anyhow::Result<()> {
         hold_timeout: args.hold_timeout,
         max_held: args.max_held,
         sandbox_pools: args.sandbox_pools,
+        retain_content: args.retain_content,
     };
     let handle = bora_control::start(config).await?;
     println!("bora: API listening on http://{}", handle.api_addr);
@@ -273,6 +284,7 @@ async fn server(data_dir: PathBuf, args: ServerArgs) -> anyhow::Result<()> {
     }
     eprintln!("bora: stopping; instances keep running and are re-adopted at the next start");
     handle.shutdown();
+    handle.flush_records().await;
     // Warm pool sandboxes are nobody's yet: they go now, not at the next start.
     handle.controller.drain_pools().await;
     Ok(())

@@ -99,7 +99,7 @@ struct Watched {
 }
 
 /// Follows `deployments` until all are healthy; returns their last state.
-async fn wait(
+pub(crate) async fn wait(
     ctx: &mut Ctx<'_>,
     client: &ApiClient,
     deployments: Vec<Deployment>,
@@ -285,6 +285,7 @@ mod tests {
             spec: serde_json::from_str::<ServiceSpec>(r#"{"name":"web","image":"busybox"}"#)
                 .unwrap(),
             image_digest: None,
+            model_digest: None,
             status,
             reason: reason.map(String::from),
             created_at: Utc::now(),

@@ -16,14 +16,18 @@ use crate::terminal::Terminal;
 use crate::{ClientCommand, GlobalOpts};
 
 pub mod apps;
+pub mod audit;
 pub mod deploy;
 pub mod deployments;
 pub mod events;
 pub mod instances;
+pub mod keys;
 pub mod logs;
+pub mod models;
 pub mod sandboxes;
 pub mod secrets;
 pub mod services;
+pub mod usage;
 
 /// What every command gets.
 pub(crate) struct Ctx<'t> {
@@ -92,8 +96,12 @@ pub(crate) async fn run(
         ClientCommand::Deployments(cmd) => deployments::run(&mut ctx, cmd).await,
         ClientCommand::Instances(cmd) => instances::run(&mut ctx, cmd).await,
         ClientCommand::Logs(args) => logs::run(&mut ctx, args).await,
+        ClientCommand::Models(cmd) => models::run(&mut ctx, cmd).await,
         ClientCommand::Secrets(cmd) => secrets::run(&mut ctx, cmd).await,
         ClientCommand::Events(args) => events::run(&mut ctx, args).await,
         ClientCommand::Sandboxes(cmd) => sandboxes::run(&mut ctx, cmd).await,
+        ClientCommand::Keys(cmd) => keys::run(&mut ctx, cmd).await,
+        ClientCommand::Usage(args) => usage::run(&mut ctx, args).await,
+        ClientCommand::Audit(cmd) => audit::run(&mut ctx, cmd).await,
     }
 }

@@ -294,6 +294,7 @@ async fn handle(
                 version,
                 spec,
                 image_digest: None,
+                model_digest: None,
                 status: DeploymentStatus::Pending,
                 reason: Some("waiting for the scheduler".into()),
                 created_at: t0(),
