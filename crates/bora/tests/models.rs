@@ -74,8 +74,9 @@ fn only_instance(server: &Server, app: &str, service: &str) -> serde_json::Value
     server.api_get(&format!("/v1/instances/{id}"))
 }
 
-/// The processes whose command line has all of `words`: (pid, uid).
-fn processes(words: &[&str]) -> Vec<(i32, u32)> {
+/// The processes of `instance` (by cgroup) whose command line has all of
+/// `words`: (pid, uid).
+fn processes(words: &[&str], instance: &str) -> Vec<(i32, u32)> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
@@ -89,6 +90,11 @@ fn processes(words: &[&str]) -> Vec<(i32, u32)> {
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
         if !words.iter().all(|w| args.iter().any(|a| a == w)) {
+            continue;
+        }
+        // Only this test's replica: other tests may run engines too.
+        let cgroup = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
+        if !cgroup.contains(instance) {
             continue;
         }
         let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
@@ -169,7 +175,8 @@ fn a_builtin_model_loads_then_serves_and_is_listed_ready() {
     assert!(d["image_digest"].is_null(), "{d:#}");
 
     // The engine runs as nobody, from the node's own binary.
-    let engine = processes(ENGINE);
+    let id = instance["id"].as_str().unwrap().to_string();
+    let engine = processes(ENGINE, &id);
     assert_eq!(engine.len(), 1, "{engine:?}");
     assert_eq!(engine[0].1, 65534, "the replica's uid");
 
@@ -222,7 +229,6 @@ fn a_builtin_model_loads_then_serves_and_is_listed_ready() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let id = instance["id"].as_str().unwrap().to_string();
     let restarted = server.wait_until("the replica's restart", Duration::from_secs(120), || {
         let i = server.api_get(&format!("/v1/instances/{id}"));
         (i["restarts"] == 1 && i["state"] == "healthy").then_some(i)
@@ -248,7 +254,7 @@ fn a_builtin_model_loads_then_serves_and_is_listed_ready() {
     assert_eq!(after, ["loading", "healthy"], "{restarted:#}");
 
     server.cli_ok(&["services", "delete", "models/smollm2"]);
-    assert!(processes(ENGINE).is_empty());
+    assert!(processes(ENGINE, &id).is_empty());
 }
 
 #[test]
