@@ -13,6 +13,12 @@
 //! reports in its metrics (`vllm:num_requests_waiting`), as llm-d's and
 //! SGLang's routers score replicas.
 //!
+//! A long prompt no replica holds yet is placed where it will stay: on the
+//! replica holding the fewest prompt blocks among those about as loaded
+//! as the least loaded (as SGLang's router sends unmatched prompts to the
+//! smallest cache tree), so that groups of prompts spread evenly over the
+//! replicas' caches instead of piling up on whichever was idle.
+//!
 //! The memory of blocks is bounded: two generations of maps; when the
 //! current one is full, it becomes the old one and the oldest is dropped,
 //! so blocks not seen for a while are forgotten (an LRU approximation at
@@ -27,7 +33,7 @@ pub(crate) const BLOCK_BYTES: usize = 128;
 /// Only the first this many blocks of a prompt are hashed (32 KiB).
 const MAX_BLOCKS: usize = 256;
 /// A shared prefix shorter than this many blocks is not worth a detour.
-const MIN_MATCHED_BLOCKS: usize = 2;
+pub(crate) const MIN_MATCHED_BLOCKS: usize = 2;
 /// An affine replica is used while its load exceeds the least loaded
 /// replica's by at most this many requests (a continuous-batching replica
 /// absorbs a few more at little cost; recomputing a long prefix costs more).
@@ -36,6 +42,9 @@ const AFFINITY_SLACK: f64 = 4.0;
 const KV_FULL: f64 = 0.95;
 /// Blocks remembered per generation, per model.
 const GENERATION_BLOCKS: usize = 64 * 1024;
+/// A new long prompt goes to the replica holding the fewest blocks among
+/// those whose load exceeds the least loaded's by at most this much.
+const PLACEMENT_SLACK: f64 = 2.0;
 
 /// The chained block hashes of `prompt`: element `i` names the prefix
 /// made of blocks `0..=i`. A trailing partial block is not hashed.
@@ -62,6 +71,8 @@ pub(crate) fn block_hashes(prompt: &[u8]) -> Vec<u64> {
 pub(crate) struct PrefixMap {
     current: HashMap<u64, Arc<str>>,
     old: HashMap<u64, Arc<str>>,
+    /// Blocks of the current generation each replica holds.
+    held: HashMap<Arc<str>, usize>,
 }
 
 impl PrefixMap {
@@ -89,9 +100,23 @@ impl PrefixMap {
         for hash in hashes {
             if self.current.len() >= GENERATION_BLOCKS {
                 self.old = std::mem::take(&mut self.current);
+                self.held.clear();
             }
-            self.current.insert(*hash, replica.clone());
+            if let Some(previous) = self.current.insert(*hash, replica.clone())
+                && let Some(n) = self.held.get_mut(&previous)
+            {
+                *n = n.saturating_sub(1);
+            }
+            *self.held.entry(replica.clone()).or_default() += 1;
         }
+    }
+
+    /// Blocks (of the current generation) each of `replicas` holds.
+    pub(crate) fn held(&self, replicas: &[Arc<str>]) -> Vec<usize> {
+        replicas
+            .iter()
+            .map(|r| self.held.get(r).copied().unwrap_or(0))
+            .collect()
     }
 }
 
@@ -106,6 +131,8 @@ pub(crate) struct Candidate {
     pub(crate) kv_usage: f64,
     /// Leading blocks of the prompt it holds (see [`PrefixMap::matched`]).
     pub(crate) matched: usize,
+    /// Prompt blocks it holds in all (see [`PrefixMap::held`]).
+    pub(crate) held: usize,
     /// Excluded: it failed this request already, or is marked down.
     pub(crate) excluded: bool,
 }
@@ -117,8 +144,10 @@ impl Candidate {
 }
 
 /// The replica a request goes to, or `None` if every one is excluded.
-/// `turn` breaks ties among equally loaded replicas (round robin).
-pub(crate) fn choose(candidates: &[Candidate], turn: usize) -> Option<usize> {
+/// `long_prompt`: the request has a prompt worth caching (at least the
+/// blocks affinity needs). `turn` breaks ties among equally loaded
+/// replicas (round robin).
+pub(crate) fn choose(candidates: &[Candidate], long_prompt: bool, turn: usize) -> Option<usize> {
     let open: Vec<usize> = (0..candidates.len())
         .filter(|&i| !candidates[i].excluded)
         .collect();
@@ -143,6 +172,40 @@ pub(crate) fn choose(candidates: &[Candidate], turn: usize) -> Option<usize> {
         });
     if affine.is_some() {
         return affine;
+    }
+    // A long prompt nobody holds: where the cache has the most room.
+    if long_prompt {
+        let roomiest = open
+            .iter()
+            .copied()
+            .filter(|&i| candidates[i].load() <= least_load + PLACEMENT_SLACK)
+            .min_by(|&a, &b| {
+                candidates[a]
+                    .held
+                    .cmp(&candidates[b].held)
+                    .then_with(|| candidates[a].load().total_cmp(&candidates[b].load()))
+            });
+        let fewest = roomiest.map(|i| candidates[i].held);
+        if let Some(fewest) = fewest {
+            // Ties (say, nothing held anywhere yet) go in turn among the
+            // least loaded of them.
+            let tied: Vec<usize> = open
+                .iter()
+                .copied()
+                .filter(|&i| candidates[i].held == fewest)
+                .filter(|&i| candidates[i].load() <= least_load + PLACEMENT_SLACK)
+                .collect();
+            let least_tied = tied
+                .iter()
+                .map(|&i| candidates[i].load())
+                .min_by(f64::total_cmp)
+                .unwrap_or(least_load);
+            let tied: Vec<usize> = tied
+                .into_iter()
+                .filter(|&i| candidates[i].load() <= least_tied)
+                .collect();
+            return Some(tied[turn % tied.len()]);
+        }
     }
     // Least loaded; ties in turn.
     let least: Vec<usize> = open
@@ -223,11 +286,11 @@ mod tests {
         c[0].outstanding = 2;
         c[1].outstanding = 1;
         c[2].outstanding = 1;
-        assert_eq!(choose(&c, 0), Some(1));
-        assert_eq!(choose(&c, 1), Some(2));
+        assert_eq!(choose(&c, false, 0), Some(1));
+        assert_eq!(choose(&c, false, 1), Some(2));
         // The replica's own queue counts as load.
         c[1].waiting = 3.0;
-        assert_eq!(choose(&c, 0), Some(2));
+        assert_eq!(choose(&c, false, 0), Some(2));
     }
 
     #[test]
@@ -235,14 +298,14 @@ mod tests {
         let mut c = idle(3);
         c[2].matched = 10;
         c[2].outstanding = 4;
-        assert_eq!(choose(&c, 0), Some(2));
+        assert_eq!(choose(&c, false, 0), Some(2));
         // Too short a prefix: least loaded.
         c[2].matched = 1;
-        assert_eq!(choose(&c, 0), Some(0));
+        assert_eq!(choose(&c, false, 0), Some(0));
         // Longer prefix wins over a shorter one.
         c[2].matched = 10;
         c[1].matched = 3;
-        assert_eq!(choose(&c, 0), Some(2));
+        assert_eq!(choose(&c, false, 0), Some(2));
     }
 
     #[test]
@@ -250,10 +313,45 @@ mod tests {
         let mut c = idle(2);
         c[1].matched = 10;
         c[1].outstanding = 5;
-        assert_eq!(choose(&c, 0), Some(0), "5 more than the least loaded");
+        assert_eq!(
+            choose(&c, false, 0),
+            Some(0),
+            "5 more than the least loaded"
+        );
         c[1].outstanding = 0;
         c[1].kv_usage = 0.99;
-        assert_eq!(choose(&c, 0), Some(0), "KV cache nearly full");
+        assert_eq!(choose(&c, false, 0), Some(0), "KV cache nearly full");
+    }
+
+    #[test]
+    fn a_new_long_prompt_goes_where_the_cache_has_room() {
+        let mut c = idle(3);
+        c[0].held = 40;
+        c[1].held = 10;
+        c[2].held = 25;
+        assert_eq!(choose(&c, true, 0), Some(1));
+        // ... unless that replica is busier than the slack allows.
+        c[1].outstanding = 3;
+        assert_eq!(choose(&c, true, 0), Some(2));
+        // Short prompts ignore what is held: least loaded.
+        assert_eq!(choose(&c, false, 0), Some(0));
+        // Nothing held anywhere: in turn among the least loaded.
+        let mut c = idle(3);
+        c[2].outstanding = 1;
+        assert_eq!(choose(&c, true, 0), Some(0));
+        assert_eq!(choose(&c, true, 1), Some(1));
+    }
+
+    #[test]
+    fn held_blocks_are_counted_per_replica_and_move_with_their_blocks() {
+        let (r1, r2): (Arc<str>, Arc<str>) = ("r1".into(), "r2".into());
+        let replicas = [r1.clone(), r2.clone()];
+        let mut map = PrefixMap::default();
+        map.record(&[1, 2, 3], &r1);
+        map.record(&[4], &r2);
+        assert_eq!(map.held(&replicas), vec![3, 1]);
+        map.record(&[2, 3], &r2);
+        assert_eq!(map.held(&replicas), vec![1, 3]);
     }
 
     #[test]
@@ -261,9 +359,9 @@ mod tests {
         let mut c = idle(2);
         c[0].matched = 10;
         c[0].excluded = true;
-        assert_eq!(choose(&c, 0), Some(1));
+        assert_eq!(choose(&c, false, 0), Some(1));
         c[1].excluded = true;
-        assert_eq!(choose(&c, 0), None);
-        assert_eq!(choose(&[], 0), None);
+        assert_eq!(choose(&c, false, 0), None);
+        assert_eq!(choose(&[], false, 0), None);
     }
 }

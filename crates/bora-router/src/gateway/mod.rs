@@ -837,26 +837,31 @@ impl Router {
     ) -> Option<usize> {
         let backends = &model.service.backends;
         let ids: Vec<Arc<str>> = backends.iter().map(|b| b.instance_id.clone()).collect();
-        let matched = if hashes.is_empty() || !self.config.prefix_affinity {
-            vec![0; ids.len()]
-        } else {
-            self.gateway
+        let affinity = !hashes.is_empty() && self.config.prefix_affinity;
+        let (matched, held) = if affinity {
+            let prefixes = self
+                .gateway
                 .prefixes
                 .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(&model.name)
-                .map_or_else(|| vec![0; ids.len()], |map| map.matched(hashes, &ids))
+                .unwrap_or_else(PoisonError::into_inner);
+            match prefixes.get(&model.name) {
+                Some(map) => (map.matched(hashes, &ids), map.held(&ids)),
+                None => (vec![0; ids.len()], vec![0; ids.len()]),
+            }
+        } else {
+            (vec![0; ids.len()], vec![0; ids.len()])
         };
         let mut candidates: Vec<affinity::Candidate> = backends
             .iter()
-            .zip(matched)
-            .map(|(backend, matched)| {
+            .zip(matched.into_iter().zip(held))
+            .map(|(backend, (matched, held))| {
                 let report = self.gateway.replicas.get(&backend.instance_id);
                 affinity::Candidate {
                     outstanding: backend.in_flight(),
                     waiting: report.waiting,
                     kv_usage: report.kv_usage,
                     matched,
+                    held,
                     excluded: failed.contains(&backend.instance_id) || report.down,
                 }
             })
@@ -868,7 +873,8 @@ impl Router {
             }
         }
         let turn = self.gateway.turn.fetch_add(1, Ordering::Relaxed);
-        affinity::choose(&candidates, turn)
+        let long_prompt = affinity && hashes.len() >= affinity::MIN_MATCHED_BLOCKS;
+        affinity::choose(&candidates, long_prompt, turn)
     }
 
     /// `GET /v1/models`: the models `key` may use.

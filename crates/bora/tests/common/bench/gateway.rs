@@ -18,7 +18,8 @@
 //! sending `max_tokens` 1 requests: time to the (first and only) token,
 //! p50 and p90, with prefix affinity and with plain least-outstanding
 //! routing. The replicas restart between the two runs (cold caches both
-//! times), and both runs send the same requests in the same order.
+//! times), and both runs send the same requests in the same order; the
+//! first `warmup_requests` of them warm the caches and are not measured.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -60,6 +61,9 @@ pub struct GatewayParams {
     pub groups: usize,
     pub system_words: usize,
     pub requests: usize,
+    /// Requests sent before the measured ones (not measured): each run
+    /// starts from cold caches, and this much traffic warms them.
+    pub warmup_requests: usize,
     pub concurrency: usize,
     pub prefix_cache_mib: usize,
 }
@@ -77,6 +81,7 @@ impl GatewayParams {
         "groups",
         "system-words",
         "requests",
+        "warmup-requests",
         "concurrency",
         "prefix-cache-mib",
     ];
@@ -97,9 +102,10 @@ impl GatewayParams {
             replicas: args.count("replicas", 4),
             groups: args.count("groups", 16),
             system_words: args.count("system-words", 300),
-            requests: args.count("requests", 96),
+            requests: args.count("requests", 192),
+            warmup_requests: args.count("warmup-requests", 48),
             concurrency: args.count("concurrency", 4),
-            prefix_cache_mib: args.count("prefix-cache-mib", 64),
+            prefix_cache_mib: args.count("prefix-cache-mib", 192),
         }
     }
 
@@ -117,6 +123,7 @@ impl GatewayParams {
             groups: 2,
             system_words: 40,
             requests: 6,
+            warmup_requests: 2,
             concurrency: 2,
             prefix_cache_mib: 16,
         })
@@ -519,7 +526,7 @@ fn replicas(params: &GatewayParams) -> Vec<LlmServer> {
 fn workload(params: &GatewayParams) -> Vec<(usize, usize)> {
     // A fixed pseudo-random order (xorshift), so groups interleave.
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..params.requests)
+    (0..params.warmup_requests + params.requests)
         .map(|i| {
             state ^= state << 13;
             state ^= state >> 7;
@@ -572,7 +579,7 @@ fn affinity_run(params: &GatewayParams, affinity: bool) -> AffinityRun {
         .timeout(Duration::from_secs(600))
         .build()
         .unwrap();
-    let results: Vec<Result<Duration, String>> = std::thread::scope(|scope| {
+    let results: Vec<(usize, Result<Duration, String>)> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..params.concurrency.max(1))
             .map(|_| {
                 scope.spawn(|| {
@@ -599,7 +606,7 @@ fn affinity_run(params: &GatewayParams, affinity: bool) -> AffinityRun {
                             .send()
                             .and_then(|r| r.error_for_status())
                             .and_then(|r| r.json::<Value>());
-                        out.push(sent.map(|_| start.elapsed()).map_err(|e| e.to_string()));
+                        out.push((i, sent.map(|_| start.elapsed()).map_err(|e| e.to_string())));
                     }
                 })
             })
@@ -617,7 +624,10 @@ fn affinity_run(params: &GatewayParams, affinity: bool) -> AffinityRun {
     }
     drop(gateway);
     drop(servers);
-    let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    let failures: Vec<&String> = results
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().err())
+        .collect();
     if let Some(first) = failures.first() {
         eprintln!(
             "gateway bench: {} failed requests, first: {first}",
@@ -625,9 +635,11 @@ fn affinity_run(params: &GatewayParams, affinity: bool) -> AffinityRun {
         );
     }
     AffinityRun {
+        // The warm-up requests are not measured.
         ttft: results
             .iter()
-            .filter_map(|r| r.as_ref().ok().copied())
+            .filter(|(i, _)| *i >= params.warmup_requests)
+            .filter_map(|(_, r)| r.as_ref().ok().copied())
             .collect(),
         failures: failures.len(),
         hit_rate: if queries > 0.0 { hits / queries } else { 0.0 },
@@ -721,8 +733,14 @@ impl std::fmt::Display for GatewayReport {
         }
         let mut affinity = Table::new(
             format!(
-                "Prefix affinity: {} replicas, {} groups of ~{}-word system prompts, {} requests, {} clients, {} MiB prefix cache each",
-                p.replicas, p.groups, p.system_words, p.requests, p.concurrency, p.prefix_cache_mib
+                "Prefix affinity: {} replicas, {} groups of ~{}-word system prompts, {} requests measured after {} unmeasured, {} clients, {} MiB prefix cache each",
+                p.replicas,
+                p.groups,
+                p.system_words,
+                p.requests,
+                p.warmup_requests,
+                p.concurrency,
+                p.prefix_cache_mib
             ),
             &[
                 "routing",
