@@ -174,8 +174,8 @@ async fn worker(
         tracker: TaskTracker::new(),
         stop,
         drain,
-        client: upstream_client(&router),
-        gateway_client: gateway_client(&router),
+        client: worker_client(&router),
+        gateway_client: worker_client(&router),
         pool: UpstreamPool::new(router.config.pool_idle_timeout),
         draining: AtomicBool::new(false),
         drained: Notify::new(),
@@ -223,19 +223,13 @@ async fn worker(
     }
 }
 
-/// A keep-alive HTTP/1.1 client for one worker.
-fn upstream_client(router: &Router) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(router.config.connect_timeout));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(router.config.pool_idle_timeout)
-        .pool_timer(TokioTimer::new())
-        .build(connector)
-}
-
-/// A keep-alive HTTP/1.1 client to model replicas for one worker.
-fn gateway_client(router: &Router) -> GatewayClient {
+/// A keep-alive HTTP/1.1 client for one worker: to instances
+/// ([`UpstreamClient`]) or to model replicas ([`GatewayClient`]).
+fn worker_client<B>(router: &Router) -> Client<HttpConnector, B>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+{
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(router.config.connect_timeout));
     connector.set_nodelay(true);

@@ -121,8 +121,8 @@ impl Gateway {
     pub(crate) fn set_keys(&self, keys: Vec<GatewayKey>) {
         let keys: HashMap<_, _> = keys.into_iter().map(|k| (k.hash, Arc::new(k))).collect();
         // Forget the buckets of keys that are gone.
-        self.lock_limits()
-            .retain(|id, _| keys.values().any(|k| &k.id == id));
+        let ids: std::collections::HashSet<&str> = keys.values().map(|k| k.id.as_str()).collect();
+        self.lock_limits().retain(|id, _| ids.contains(id.as_str()));
         self.keys.store(Arc::new(keys));
     }
 

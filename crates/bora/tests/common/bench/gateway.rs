@@ -21,7 +21,7 @@
 //! times), and both runs send the same requests in the same order; the
 //! first `warmup_requests` of them warm the caches and are not measured.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -34,6 +34,7 @@ use bora_router::{
 use serde_json::{Value, json};
 
 use super::engine::{LlmServer, MODEL_NAME, random_words};
+use super::router::BoraRouter;
 use super::{Args, Load, Nginx, Table, WrkResult, fmt_duration, fmt_ratio, poll, wrk_with};
 
 /// The key every client presents (to Bora's gateway and to LiteLLM).
@@ -144,19 +145,10 @@ fn install_litellm() -> PathBuf {
 // The gateways.
 
 /// Bora's gateway: a router in this process with the models and the key.
-pub struct BoraGateway {
-    pub addr: SocketAddr,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    runtime: Option<tokio::runtime::Runtime>,
-}
+pub struct BoraGateway;
 
 impl BoraGateway {
-    pub fn start(workers: usize, models: Vec<ModelRoutes>, affinity: bool) -> BoraGateway {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+    pub fn start(workers: usize, models: Vec<ModelRoutes>, affinity: bool) -> BoraRouter {
         let router = Router::new(RouterConfig {
             workers: workers.max(1),
             prefix_affinity: affinity,
@@ -177,38 +169,7 @@ impl BoraGateway {
             revoked: false,
         }]);
         router.set_recorder(Arc::new(Counted::default()));
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind(SocketAddr::new(
-                IpAddr::V4(Ipv4Addr::LOCALHOST),
-                0,
-            )))
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let serving = Arc::clone(&router);
-        runtime.spawn(async move {
-            let _ = serving
-                .serve(listener, async {
-                    let _ = rx.await;
-                })
-                .await;
-        });
-        BoraGateway {
-            addr,
-            shutdown: Some(tx),
-            runtime: Some(runtime),
-        }
-    }
-}
-
-impl Drop for BoraGateway {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_timeout(Duration::from_secs(2));
-        }
+        BoraRouter::serve(router)
     }
 }
 

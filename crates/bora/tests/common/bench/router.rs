@@ -296,13 +296,6 @@ impl BoraRouter {
     /// Routes `HOST` to `backend` (an instance at the backend's IP, the
     /// route port being the backend's port).
     pub fn start(workers: usize, backend: SocketAddr) -> BoraRouter {
-        // The router runs its own worker threads; this runtime only waits
-        // for the shutdown signal.
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
         let router = Router::new(RouterConfig {
             workers: workers.max(1),
             ..RouterConfig::new("localhost")
@@ -324,6 +317,18 @@ impl BoraRouter {
             sandboxes: Vec::new(),
             models: Vec::new(),
         });
+        BoraRouter::serve(router)
+    }
+
+    /// Serves an already configured `router` on a free loopback port.
+    pub fn serve(router: Arc<Router>) -> BoraRouter {
+        // The router runs its own worker threads; this runtime only waits
+        // for the shutdown signal.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(SocketAddr::new(
                 IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -332,9 +337,8 @@ impl BoraRouter {
             .unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let serving = Arc::clone(&router);
         runtime.spawn(async move {
-            let _ = serving
+            let _ = router
                 .serve(listener, async {
                     let _ = rx.await;
                 })
